@@ -1,0 +1,288 @@
+//! The dynamic batcher: one per model.
+//!
+//! Callers [`submit`](Batcher::submit) items into a bounded intake queue and
+//! await a [`Ticket`]. Worker threads (one pipeline instance each) take
+//! batches of at most `max_batch_size` items: a batch leaves as soon as it is
+//! full, or once `wait` has passed since its oldest item arrived. While one
+//! batch computes the next one forms. Items whose caller went away or whose
+//! deadline passed are dropped before compute; a failing batch is split to
+//! isolate the bad items; a fatal device error stops intake and fails what
+//! is queued. Pipeline code only ever runs on the workers' own threads.
+
+mod intake;
+mod ticket;
+mod worker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::context::ModelContext;
+use crate::error::{Error, Result};
+use crate::pipeline::InferencePipeline;
+use crate::settings::Settings;
+use intake::Pending;
+pub use ticket::Ticket;
+
+/// How a [`Batcher`] forms batches and how much it queues.
+#[derive(Debug, Clone)]
+pub struct BatcherConfig {
+    /// Most items in one batch.
+    pub max_batch_size: usize,
+    /// Longest an item waits for its batch to fill, from its arrival.
+    pub wait: Duration,
+    /// Most items queued; past it [`Batcher::submit`] fails with
+    /// [`Error::Overloaded`].
+    pub max_queue_depth: usize,
+    /// Worker threads, each with its own pipeline instance.
+    pub workers: usize,
+    /// Deadline of an item submitted without one.
+    pub default_timeout: Duration,
+    /// Run `on_volume_reload` this often; `None`: only on request.
+    pub reload_interval: Option<Duration>,
+}
+
+impl BatcherConfig {
+    /// The configuration `settings` ask for.
+    pub fn from_settings(settings: &Settings) -> Self {
+        let app = &settings.app_settings;
+        let reload = app
+            .deployment_config
+            .volume_reload_interval_seconds
+            .filter(|secs| *secs > 0)
+            .map(|secs| Duration::from_secs(secs.unsigned_abs()));
+        BatcherConfig {
+            max_batch_size: app.batch_config.max_batch_size,
+            wait: Duration::from_millis(app.batch_config.wait_ms),
+            max_queue_depth: app.server_config.max_queue_depth,
+            workers: app.server_config.workers,
+            default_timeout: Duration::from_secs_f64(app.server_config.request_timeout_seconds),
+            reload_interval: reload,
+        }
+    }
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        BatcherConfig {
+            max_batch_size: 32,
+            wait: Duration::from_millis(5),
+            max_queue_depth: 1024,
+            workers: 1,
+            default_timeout: Duration::from_secs(60),
+            reload_interval: None,
+        }
+    }
+}
+
+/// Per-item options for [`Batcher::submit_with`].
+#[derive(Default)]
+pub struct SubmitOptions {
+    /// When the item stops being worth computing; default: now + the
+    /// config's `default_timeout`.
+    pub deadline: Option<Instant>,
+    /// Called (on the worker thread) when the item's batch starts.
+    pub on_start: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// The batcher's state as seen from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatcherState {
+    /// Taking work.
+    Serving,
+    /// Intake closed by [`Batcher::close`]; queued work still completes.
+    Draining,
+    /// A fatal device error stopped it; the message says which.
+    Failed(String),
+}
+
+/// The dynamic batcher for one model. See the module docs.
+pub struct Batcher<P: InferencePipeline> {
+    model: String,
+    shared: Arc<intake::Shared<P>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    reload_timer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    state: watch::Receiver<BatcherState>,
+    submitted: AtomicU64,
+}
+
+impl<P: InferencePipeline> Batcher<P> {
+    /// Loads one pipeline per worker (each on its own thread, with the
+    /// context `context_for(worker_index)` returns) and starts serving.
+    /// Blocks until every worker has loaded; fails if any load fails.
+    pub fn start(
+        model: &str,
+        config: BatcherConfig,
+        context_for: impl Fn(usize) -> ModelContext,
+    ) -> Result<Self> {
+        let (state_tx, state_rx) = watch::channel(BatcherState::Serving);
+        let shared = Arc::new(intake::Shared::new(model, config.clone(), state_tx));
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<()>>();
+        let mut workers = Vec::new();
+        for index in 0..config.workers.max(1) {
+            let ctx = context_for(index);
+            let shared = Arc::clone(&shared);
+            let loaded = loaded_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("modalkit-{model}-{index}"))
+                .spawn(move || worker::run::<P>(shared, ctx, loaded))
+                .map_err(|err| Error::Load {
+                    model: model.to_owned(),
+                    message: format!("cannot start worker thread: {err}"),
+                })?;
+            workers.push(handle);
+        }
+        drop(loaded_tx);
+        let mut failure = None;
+        for _ in 0..workers.len() {
+            match loaded_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => failure = failure.or(Some(err)),
+                Err(_) => {
+                    failure = failure.or(Some(Error::Load {
+                        model: model.to_owned(),
+                        message: "a worker thread died while loading".to_owned(),
+                    }))
+                }
+            }
+        }
+        let batcher = Batcher {
+            model: model.to_owned(),
+            shared,
+            workers: Mutex::new(workers),
+            reload_timer: Mutex::new(None),
+            state: state_rx,
+            submitted: AtomicU64::new(0),
+        };
+        if let Some(err) = failure {
+            batcher.close();
+            batcher.join();
+            return Err(err);
+        }
+        if let Some(interval) = config.reload_interval {
+            batcher.start_reload_timer(interval);
+        }
+        Ok(batcher)
+    }
+
+    /// The model this batcher serves.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The batcher's configuration.
+    pub fn config(&self) -> &BatcherConfig {
+        &self.shared.config
+    }
+
+    /// Queues one item with the default deadline. Fails at once with
+    /// [`Error::Overloaded`] when the queue is full and
+    /// [`Error::Unavailable`] when intake is closed.
+    pub fn submit(&self, input: P::Input) -> Result<Ticket<P::Output>> {
+        self.submit_with(input, SubmitOptions::default())
+    }
+
+    /// Queues one item with options. Dropping the returned ticket cancels
+    /// the item if it has not started.
+    pub fn submit_with(&self, input: P::Input, options: SubmitOptions) -> Result<Ticket<P::Output>> {
+        let now = Instant::now();
+        let (reply, receiver) = oneshot::channel();
+        let pending = Pending {
+            input,
+            arrived: now,
+            deadline: options.deadline.unwrap_or(now + self.shared.config.default_timeout),
+            reply,
+            on_start: options.on_start,
+        };
+        self.shared.push(pending)?;
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(Ticket::new(receiver, self.model.clone()))
+    }
+
+    /// Items waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.depth()
+    }
+
+    /// Items submitted since start.
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BatcherState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change (for readiness and the fatal
+    /// exit).
+    pub fn watch_state(&self) -> watch::Receiver<BatcherState> {
+        self.state.clone()
+    }
+
+    /// Asks every worker to run `on_volume_reload` between batches.
+    pub fn request_reload(&self) {
+        self.shared.request_reload();
+    }
+
+    /// Stops intake. Queued items are still computed; workers exit when the
+    /// queue is empty.
+    pub fn close(&self) {
+        self.shared.close();
+        if let Some((stop, handle)) = self.lock_timer().take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+    }
+
+    /// Waits for every worker thread to exit (call [`close`](Self::close)
+    /// first). Blocking.
+    pub fn join(&self) {
+        let handles: Vec<_> = match self.workers.lock() {
+            Ok(mut workers) => workers.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+
+    fn lock_timer(&self) -> std::sync::MutexGuard<'_, Option<(mpsc::Sender<()>, JoinHandle<()>)>> {
+        match self.reload_timer.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn start_reload_timer(&self, interval: Duration) {
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("modalkit-{}-reload", self.model))
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
+                    shared.request_reload();
+                }
+            });
+        match spawned {
+            Ok(handle) => *self.lock_timer() = Some((stop_tx, handle)),
+            Err(err) => tracing::error!(model = %self.model, %err, "cannot start the volume reload timer"),
+        }
+    }
+}
+
+impl<P: InferencePipeline> Drop for Batcher<P> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Keeps the compiler honest that a batcher can be shared across tasks.
+#[allow(dead_code)]
+fn assert_send_sync<P: InferencePipeline>() {
+    fn is<T: Send + Sync>() {}
+    is::<Batcher<P>>();
+}

@@ -1,0 +1,256 @@
+//! The intake queue shared by submitters and workers: a bounded deque under a
+//! mutex, a condition variable that wakes workers, and the batch-forming rule.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use metrics::{Gauge, Histogram};
+use tokio::sync::{oneshot, watch};
+
+use super::{BatcherConfig, BatcherState};
+use crate::error::{Error, Result};
+use crate::pipeline::InferencePipeline;
+
+/// One queued item.
+pub(super) struct Pending<P: InferencePipeline> {
+    pub input: P::Input,
+    pub arrived: Instant,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Result<P::Output>>,
+    pub on_start: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<P: InferencePipeline> Pending<P> {
+    fn cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// What a worker is handed next.
+pub(super) enum Next<P: InferencePipeline> {
+    /// A batch to compute.
+    Batch(Vec<Pending<P>>),
+    /// Run `on_volume_reload`, then ask again.
+    Reload,
+    /// Intake is closed and the queue empty, or the device failed: exit.
+    Exit,
+}
+
+struct Queue<P: InferencePipeline> {
+    items: VecDeque<Pending<P>>,
+    open: bool,
+    failed: Option<String>,
+    reload_generation: u64,
+}
+
+/// The batcher's shared state.
+pub(super) struct Shared<P: InferencePipeline> {
+    pub model: String,
+    pub config: BatcherConfig,
+    queue: Mutex<Queue<P>>,
+    work_ready: Condvar,
+    /// Batches hold it shared, volume reloads exclusively: a reload never
+    /// overlaps a batch on any worker.
+    pub compute_gate: RwLock<()>,
+    state: watch::Sender<BatcherState>,
+    pub metrics: BatchMetrics,
+}
+
+/// Metric handles, registered once per model.
+pub(super) struct BatchMetrics {
+    pub queue_depth: Gauge,
+    pub batch_size: Histogram,
+    pub queue_wait: Histogram,
+    pub preprocess: Histogram,
+    pub predict: Histogram,
+    pub postprocess: Histogram,
+    pub dropped_cancelled: metrics::Counter,
+    pub dropped_expired: metrics::Counter,
+}
+
+impl BatchMetrics {
+    fn new(model: &str) -> Self {
+        let stage = |name: &'static str| {
+            metrics::histogram!("modalkit_stage_duration_seconds", "model" => model.to_owned(), "stage" => name)
+        };
+        BatchMetrics {
+            queue_depth: metrics::gauge!("modalkit_queue_depth", "model" => model.to_owned()),
+            batch_size: metrics::histogram!("modalkit_batch_size", "model" => model.to_owned()),
+            queue_wait: metrics::histogram!("modalkit_queue_wait_seconds", "model" => model.to_owned()),
+            preprocess: stage("preprocess"),
+            predict: stage("predict"),
+            postprocess: stage("postprocess"),
+            dropped_cancelled: metrics::counter!("modalkit_items_dropped_total", "model" => model.to_owned(), "reason" => "cancelled"),
+            dropped_expired: metrics::counter!("modalkit_items_dropped_total", "model" => model.to_owned(), "reason" => "deadline"),
+        }
+    }
+}
+
+impl<P: InferencePipeline> Shared<P> {
+    pub fn new(model: &str, config: BatcherConfig, state: watch::Sender<BatcherState>) -> Self {
+        Shared {
+            model: model.to_owned(),
+            queue: Mutex::new(Queue {
+                items: VecDeque::with_capacity(config.max_queue_depth.min(4096)),
+                open: true,
+                failed: None,
+                reload_generation: 0,
+            }),
+            config,
+            work_ready: Condvar::new(),
+            compute_gate: RwLock::new(()),
+            state,
+            metrics: BatchMetrics::new(model),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue<P>> {
+        // A panic never happens while the lock is held (pipeline code runs
+        // outside it), but stay serving even if one did.
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds an item, or refuses it at once.
+    pub fn push(&self, pending: Pending<P>) -> Result<()> {
+        let mut queue = self.lock();
+        if let Some(reason) = &queue.failed {
+            return Err(self.unavailable(format!("device failed: {reason}")));
+        }
+        if !queue.open {
+            return Err(self.unavailable("shutting down".to_owned()));
+        }
+        if queue.items.len() >= self.config.max_queue_depth {
+            return Err(Error::Overloaded {
+                model: self.model.clone(),
+                depth: self.config.max_queue_depth,
+            });
+        }
+        queue.items.push_back(pending);
+        self.metrics.queue_depth.set(queue.items.len() as f64);
+        drop(queue);
+        self.work_ready.notify_one();
+        Ok(())
+    }
+
+    pub fn depth(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn request_reload(&self) {
+        self.lock().reload_generation += 1;
+        self.work_ready.notify_all();
+    }
+
+    pub fn close(&self) {
+        let mut queue = self.lock();
+        if queue.open {
+            queue.open = false;
+            if queue.failed.is_none() {
+                self.state.send_replace(BatcherState::Draining);
+            }
+        }
+        drop(queue);
+        self.work_ready.notify_all();
+    }
+
+    /// The fatal path: close intake, fail everything queued, tell watchers.
+    pub fn fail(&self, reason: &str) {
+        let drained: Vec<Pending<P>> = {
+            let mut queue = self.lock();
+            queue.open = false;
+            queue.failed.get_or_insert_with(|| reason.to_owned());
+            self.metrics.queue_depth.set(0.0);
+            queue.items.drain(..).collect()
+        };
+        tracing::error!(model = %self.model, reason, failed_items = drained.len(), "fatal device error: intake stopped");
+        for pending in drained {
+            let _ = pending.reply.send(Err(self.unavailable(format!("device failed: {reason}"))));
+        }
+        self.state.send_replace(BatcherState::Failed(reason.to_owned()));
+        self.work_ready.notify_all();
+    }
+
+    pub fn unavailable(&self, reason: String) -> Error {
+        Error::Unavailable {
+            model: self.model.clone(),
+            reason,
+        }
+    }
+
+    /// Blocks until there is something for this worker to do.
+    pub fn next(&self, seen_reload: &mut u64) -> Next<P> {
+        let max = self.config.max_batch_size.max(1);
+        let mut queue = self.lock();
+        loop {
+            if queue.failed.is_some() {
+                return Next::Exit;
+            }
+            if queue.reload_generation != *seen_reload {
+                *seen_reload = queue.reload_generation;
+                return Next::Reload;
+            }
+            self.drop_dead_front(&mut queue);
+            let Some(oldest) = queue.items.front() else {
+                if !queue.open {
+                    return Next::Exit;
+                }
+                queue = self.work_ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            let flush_at = oldest.arrived + self.config.wait;
+            let now = Instant::now();
+            if queue.items.len() >= max || now >= flush_at || !queue.open {
+                let batch = self.take_batch(&mut queue, max, now);
+                self.metrics.queue_depth.set(queue.items.len() as f64);
+                if batch.is_empty() {
+                    continue;
+                }
+                return Next::Batch(batch);
+            }
+            queue = self
+                .work_ready
+                .wait_timeout(queue, flush_at - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Removes cancelled and expired items at the front, so the oldest live
+    /// item sets the flush time.
+    fn drop_dead_front(&self, queue: &mut Queue<P>) {
+        let now = Instant::now();
+        while let Some(front) = queue.items.front() {
+            if !(front.cancelled() || front.deadline <= now) {
+                break;
+            }
+            if let Some(dead) = queue.items.pop_front() {
+                self.discard(dead, now);
+            }
+        }
+    }
+
+    /// Takes up to `max` live items, discarding dead ones on the way.
+    fn take_batch(&self, queue: &mut Queue<P>, max: usize, now: Instant) -> Vec<Pending<P>> {
+        let mut batch = Vec::with_capacity(max.min(queue.items.len()));
+        while batch.len() < max {
+            let Some(item) = queue.items.pop_front() else { break };
+            if item.cancelled() || item.deadline <= now {
+                self.discard(item, now);
+            } else {
+                batch.push(item);
+            }
+        }
+        batch
+    }
+
+    fn discard(&self, item: Pending<P>, now: Instant) {
+        if item.cancelled() {
+            self.metrics.dropped_cancelled.increment(1);
+        } else {
+            debug_assert!(item.deadline <= now);
+            self.metrics.dropped_expired.increment(1);
+            let _ = item.reply.send(Err(Error::DeadlineExceeded));
+        }
+    }
+}

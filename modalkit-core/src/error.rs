@@ -1,0 +1,91 @@
+//! The crate's one error type: everything core can fail with, from a bad
+//! config file to an item that missed its deadline. The server maps each
+//! variant to an HTTP status in one place.
+
+use std::fmt;
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure `modalkit-core` reports.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The merged configuration is invalid; each problem names its field path.
+    #[error("invalid configuration:\n{0}")]
+    Config(ConfigProblems),
+
+    /// A model's entry in `model_settings.model_entries` does not fit the type
+    /// the pipeline asked for.
+    #[error("model '{model}': model_settings.model_entries.{model}{path}: {message}")]
+    ModelEntry {
+        /// The model whose entry is wrong.
+        model: String,
+        /// Path inside the entry (`.field`), empty for the entry itself.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// A pipeline failed to load.
+    #[error("model '{model}' failed to load: {message}")]
+    Load {
+        /// The model that failed.
+        model: String,
+        /// The pipeline's error.
+        message: String,
+    },
+
+    /// The model's intake queue is full; the caller should retry later.
+    #[error("model '{model}' is overloaded: {depth} items already queued")]
+    Overloaded {
+        /// The model whose queue is full.
+        model: String,
+        /// The queue's depth limit.
+        depth: usize,
+    },
+
+    /// The model takes no more work: shutting down, or its device failed.
+    #[error("model '{model}' is unavailable: {reason}")]
+    Unavailable {
+        /// The model.
+        model: String,
+        /// Why it takes no work.
+        reason: String,
+    },
+
+    /// The item's deadline passed before it was computed.
+    #[error("deadline exceeded before the item was computed")]
+    DeadlineExceeded,
+
+    /// Preprocess or predict failed for this item (after the batch was split
+    /// to isolate it), or the pipeline panicked.
+    #[error("pipeline failed: {0}")]
+    Pipeline(String),
+
+    /// Postprocess reported that this one item failed.
+    #[error("{0}")]
+    Item(String),
+}
+
+/// The list of problems found in a configuration, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblems(pub Vec<String>);
+
+impl fmt::Display for ConfigProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// Builds a configuration error from a single problem.
+    pub fn config(problem: impl Into<String>) -> Self {
+        Error::Config(ConfigProblems(vec![problem.into()]))
+    }
+}

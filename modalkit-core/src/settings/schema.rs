@@ -1,0 +1,494 @@
+//! The settings structs: modalkit's schema, field for field, plus
+//! `app_settings.server_config`. Unknown keys are rejected everywhere except
+//! in the free-form maps (`common`, `model_entries`, `env`, `volumes`).
+
+use std::collections::BTreeMap;
+
+use garde::Validate;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// How the app is built, deployed, batched and served.
+    #[garde(dive)]
+    pub app_settings: AppSettings,
+    /// Which models are served and where their files are.
+    #[garde(dive)]
+    pub model_settings: ModelSettings,
+}
+
+/// `app_settings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// Prefix of the app's name; the name is this plus `MODALKIT_APP_POSTFIX`.
+    #[garde(length(min = 1, max = 64), pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    pub app_prefix: String,
+    /// API-key authentication.
+    #[serde(default)]
+    #[garde(dive)]
+    pub auth_config: AuthConfig,
+    /// The container image.
+    #[serde(default)]
+    #[garde(skip)]
+    pub build_config: BuildConfig,
+    /// Modal deployment settings.
+    #[serde(default)]
+    #[garde(dive)]
+    pub deployment_config: DeploymentConfig,
+    /// Dynamic batching.
+    #[serde(default)]
+    #[garde(dive)]
+    pub batch_config: BatchConfig,
+    /// Where async results go.
+    #[serde(default)]
+    #[garde(dive)]
+    pub queue_config: QueueConfig,
+    /// What the Rust server needs beyond modalkit's schema.
+    #[serde(default)]
+    #[garde(dive)]
+    pub server_config: ServerConfig,
+}
+
+/// `app_settings.auth_config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The API key clients must send; none: no auth.
+    #[serde(default)]
+    #[garde(inner(length(min = 8)))]
+    pub api_key: Option<String>,
+    /// An AWS SSM parameter holding the API key.
+    #[serde(default)]
+    #[garde(inner(length(min = 1)))]
+    pub ssm_key: Option<String>,
+    /// The header carrying the key.
+    #[serde(default = "default_auth_header")]
+    #[garde(length(min = 1), pattern(r"^[A-Za-z0-9-]+$"))]
+    pub auth_header: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            api_key: None,
+            ssm_key: None,
+            auth_header: default_auth_header(),
+        }
+    }
+}
+
+fn default_auth_header() -> String {
+    "x-api-key".to_owned()
+}
+
+/// `app_settings.build_config`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// A registry image to run instead of building the Dockerfile.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The image's tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Working directory in the container.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Environment variables set in the image.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Extra shell commands run while building the image (string or list).
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub extra_run_commands: Vec<String>,
+}
+
+/// `app_settings.deployment_config`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// Modal region(s).
+    #[serde(default)]
+    #[garde(skip)]
+    pub region: Option<String>,
+    /// GPU type(s), e.g. `"T4"` or `["H100", "A100"]`; empty: CPU.
+    #[serde(default, deserialize_with = "string_or_list")]
+    #[garde(skip)]
+    pub gpu: Vec<String>,
+    /// Memory request in MiB.
+    #[serde(default)]
+    #[garde(inner(range(min = 1)))]
+    pub memory: Option<u32>,
+    /// CPU request in cores.
+    #[serde(default)]
+    #[garde(inner(range(min = 0.125)))]
+    pub cpu: Option<f64>,
+    /// Mount path -> Modal volume name.
+    #[serde(default)]
+    #[garde(skip)]
+    pub volumes: BTreeMap<String, String>,
+    /// Reload volumes every this many seconds; none or <= 0: never.
+    #[serde(default)]
+    #[garde(skip)]
+    pub volume_reload_interval_seconds: Option<i64>,
+    /// Most containers at once.
+    #[serde(default)]
+    #[garde(inner(range(min = 1)))]
+    pub concurrency_limit: Option<u32>,
+    /// Retries of a failed input.
+    #[serde(default)]
+    #[garde(inner(range(max = 10)))]
+    pub retries: Option<u32>,
+    /// Modal secrets to attach.
+    #[serde(default)]
+    #[garde(skip)]
+    pub secrets: Vec<String>,
+    /// Local files or folders copied into the image.
+    #[serde(default)]
+    #[garde(dive)]
+    pub mounts: Vec<Mount>,
+    /// Seconds an idle container stays up.
+    #[serde(default)]
+    #[garde(inner(range(min = 2)))]
+    pub container_idle_timeout: Option<u32>,
+    /// Concurrent inputs per container.
+    #[serde(default)]
+    #[garde(inner(range(min = 1)))]
+    pub allow_concurrent_inputs: Option<u32>,
+    /// Concurrent inputs for the HTTP handler.
+    #[serde(default)]
+    #[garde(inner(range(min = 1)))]
+    pub allow_concurrent_inputs_handler: Option<u32>,
+    /// Require Modal proxy auth.
+    #[serde(default)]
+    #[garde(skip)]
+    pub secure: bool,
+    /// Cloud buckets mounted in the container.
+    #[serde(default)]
+    #[garde(dive)]
+    pub cloud_bucket_mounts: Vec<CloudBucketMount>,
+}
+
+/// One of `deployment_config.mounts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Path on the building machine.
+    #[garde(length(min = 1))]
+    pub local_path: String,
+    /// Path in the container.
+    #[garde(length(min = 1))]
+    pub remote_path: String,
+    /// `file` or `dir`.
+    #[serde(rename = "type", default)]
+    #[garde(skip)]
+    pub kind: MountKind,
+}
+
+/// Whether a mount is a file or a folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// One file.
+    #[default]
+    File,
+    /// A folder.
+    Dir,
+}
+
+/// One of `deployment_config.cloud_bucket_mounts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct CloudBucketMount {
+    /// Where it is mounted.
+    #[garde(length(min = 1))]
+    pub mount_point: String,
+    /// The bucket.
+    #[garde(length(min = 1))]
+    pub bucket_name: String,
+    /// S3-compatible endpoint (R2, GCS).
+    #[serde(default)]
+    #[garde(skip)]
+    pub bucket_endpoint_url: Option<String>,
+    /// Only this prefix of the bucket.
+    #[serde(default)]
+    #[garde(skip)]
+    pub key_prefix: Option<String>,
+    /// Modal secret with the credentials.
+    #[serde(default)]
+    #[garde(skip)]
+    pub secret: Option<String>,
+    /// Role to assume with OIDC.
+    #[serde(default)]
+    #[garde(skip)]
+    pub oidc_auth_role_arn: Option<String>,
+    /// Mount read-only.
+    #[serde(default)]
+    #[garde(skip)]
+    pub read_only: bool,
+    /// Requester pays.
+    #[serde(default)]
+    #[garde(skip)]
+    pub requester_pays: bool,
+}
+
+/// `app_settings.batch_config`: as Modal's `@modal.batched`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most items in one batch (1..=1000).
+    #[serde(default = "default_max_batch_size")]
+    #[garde(range(min = 1, max = 1000))]
+    pub max_batch_size: usize,
+    /// Longest an item waits for its batch to fill, from its arrival (< 600000).
+    #[serde(default = "default_wait_ms")]
+    #[garde(range(max = 599_999))]
+    pub wait_ms: u64,
+}
+
+fn default_max_batch_size() -> usize {
+    32
+}
+fn default_wait_ms() -> u64 {
+    5
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch_size: default_max_batch_size(),
+            wait_ms: default_wait_ms(),
+        }
+    }
+}
+
+/// `app_settings.queue_config`: where async results are delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// A registered backend name: `memory`, `sqs` or a custom one.
+    #[serde(default = "default_backend")]
+    #[garde(length(min = 1))]
+    pub backend: String,
+    /// The broker's address, for backends that take one.
+    #[serde(default)]
+    #[garde(skip)]
+    pub broker_url: Option<String>,
+    /// Attempts per result before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    #[garde(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, with jitter.
+    #[serde(default = "default_initial_backoff_ms")]
+    #[garde(range(min = 1, max = 60_000))]
+    pub initial_backoff_ms: u64,
+    /// Longest delay between two attempts.
+    #[serde(default = "default_max_backoff_ms")]
+    #[garde(range(min = 1, max = 600_000))]
+    pub max_backoff_ms: u64,
+    /// Longest time one result may spend in delivery before it is dead-lettered.
+    #[serde(default = "default_max_delivery_seconds")]
+    #[garde(range(min = 1, max = 86_400))]
+    pub max_delivery_seconds: u64,
+    /// JSON-lines file of results that could not be delivered.
+    #[serde(default = "default_dead_letter_path")]
+    #[garde(length(min = 1))]
+    pub dead_letter_path: String,
+}
+
+fn default_backend() -> String {
+    "memory".to_owned()
+}
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_initial_backoff_ms() -> u64 {
+    100
+}
+fn default_max_backoff_ms() -> u64 {
+    5_000
+}
+fn default_max_delivery_seconds() -> u64 {
+    60
+}
+fn default_dead_letter_path() -> String {
+    "modalkit-dead-letters.jsonl".to_owned()
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            backend: default_backend(),
+            broker_url: None,
+            max_attempts: default_max_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            max_delivery_seconds: default_max_delivery_seconds(),
+            dead_letter_path: default_dead_letter_path(),
+        }
+    }
+}
+
+/// `app_settings.server_config`: what the Rust server needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind.
+    #[serde(default = "default_host")]
+    #[garde(length(min = 1))]
+    pub host: String,
+    /// Port to bind (0: any free port).
+    #[serde(default = "default_port")]
+    #[garde(skip)]
+    pub port: u16,
+    /// Largest request body, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    #[garde(range(min = 64, max = 1_073_741_824))]
+    pub max_body_bytes: usize,
+    /// Most messages in one `/predict_batch` request.
+    #[serde(default = "default_max_batch_request_items")]
+    #[garde(range(min = 1, max = 100_000))]
+    pub max_batch_request_items: usize,
+    /// Deadline of a sync request, in seconds.
+    #[serde(default = "default_request_timeout_seconds")]
+    #[garde(range(min = 0.001, max = 86_400.0))]
+    pub request_timeout_seconds: f64,
+    /// Deadline of an async job, in seconds.
+    #[serde(default = "default_async_timeout_seconds")]
+    #[garde(range(min = 0.001, max = 604_800.0))]
+    pub async_timeout_seconds: f64,
+    /// Items queued per model before requests are refused with 503.
+    #[serde(default = "default_max_queue_depth")]
+    #[garde(range(min = 1, max = 10_000_000))]
+    pub max_queue_depth: usize,
+    /// Pipeline worker threads per model, each with its own loaded pipeline.
+    #[serde(default = "default_workers")]
+    #[garde(range(min = 1, max = 256))]
+    pub workers: usize,
+    /// Longest a graceful shutdown waits for in-flight work, in seconds.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    #[garde(range(min = 0.0, max = 3_600.0))]
+    pub shutdown_grace_seconds: f64,
+    /// How long a finished async job's result is kept for `GET /jobs/{id}`.
+    #[serde(default = "default_job_ttl_seconds")]
+    #[garde(range(min = 1, max = 604_800))]
+    pub job_ttl_seconds: u64,
+    /// Most jobs kept at once.
+    #[serde(default = "default_max_jobs")]
+    #[garde(range(min = 1, max = 100_000_000))]
+    pub max_jobs: usize,
+    /// Origins allowed by CORS; empty: no CORS headers.
+    #[serde(default)]
+    #[garde(skip)]
+    pub cors_allow_origins: Vec<String>,
+}
+
+fn default_host() -> String {
+    "0.0.0.0".to_owned()
+}
+fn default_port() -> u16 {
+    8000
+}
+fn default_max_body_bytes() -> usize {
+    2 * 1024 * 1024
+}
+fn default_max_batch_request_items() -> usize {
+    1_000
+}
+fn default_request_timeout_seconds() -> f64 {
+    60.0
+}
+fn default_async_timeout_seconds() -> f64 {
+    600.0
+}
+fn default_max_queue_depth() -> usize {
+    1_024
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_shutdown_grace_seconds() -> f64 {
+    30.0
+}
+fn default_job_ttl_seconds() -> u64 {
+    3_600
+}
+fn default_max_jobs() -> usize {
+    100_000
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: default_host(),
+            port: default_port(),
+            max_body_bytes: default_max_body_bytes(),
+            max_batch_request_items: default_max_batch_request_items(),
+            request_timeout_seconds: default_request_timeout_seconds(),
+            async_timeout_seconds: default_async_timeout_seconds(),
+            max_queue_depth: default_max_queue_depth(),
+            workers: default_workers(),
+            shutdown_grace_seconds: default_shutdown_grace_seconds(),
+            job_ttl_seconds: default_job_ttl_seconds(),
+            max_jobs: default_max_jobs(),
+            cors_allow_origins: Vec::new(),
+        }
+    }
+}
+
+/// `model_settings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Folder holding the models' files.
+    #[serde(default = "default_model_folder")]
+    #[garde(skip)]
+    pub local_model_repository_folder: String,
+    /// Settings shared by every model.
+    #[serde(default)]
+    #[garde(skip)]
+    pub common: Map<String, Value>,
+    /// One entry per served model, free-form for the pipeline.
+    #[serde(default)]
+    #[garde(length(min = 1), custom(model_names_are_valid))]
+    pub model_entries: BTreeMap<String, Value>,
+}
+
+fn default_model_folder() -> String {
+    "./models".to_owned()
+}
+
+fn model_names_are_valid(entries: &BTreeMap<String, Value>, _: &()) -> garde::Result {
+    for name in entries.keys() {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(garde::Error::new(format!(
+                "model name '{name}' must be non-empty and use only letters, digits, '-', '_' and '.'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Accepts `"cmd"` or `["cmd", ...]` (and null) as a list of strings.
+fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Nothing(()),
+    }
+    match OneOrMany::deserialize(deserializer) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Ok(OneOrMany::Nothing(())) => Ok(Vec::new()),
+        Err(_) => Err(serde::de::Error::custom("expected a string or a list of strings")),
+    }
+}

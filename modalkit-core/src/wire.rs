@@ -1,0 +1,131 @@
+//! modalkit's wire types, byte for byte: what clients send and what results
+//! look like on HTTP and in queues.
+//!
+//! The `/predict_sync` body is the message itself; `/predict_batch` takes an
+//! array of messages; `/predict_async` takes an [`AsyncInput`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Free-form metadata a client attaches to an async request; echoed back.
+pub type Meta = Map<String, Value>;
+
+/// The body of `/predict_async`: the message plus where its result goes.
+///
+/// Unknown fields are rejected, as modalkit's pydantic model does.
+///
+/// ```
+/// use modalkit_core::wire::AsyncInput;
+/// let body = r#"{"message": {"text": "hi"}, "success_queue": "done"}"#;
+/// let input: AsyncInput<serde_json::Value> = serde_json::from_str(body).unwrap();
+/// assert_eq!(input.failure_queue, "");
+/// assert!(serde_json::from_str::<AsyncInput<serde_json::Value>>(r#"{"message": 1, "x": 2}"#).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncInput<T> {
+    /// The message, as `/predict_sync` would take it.
+    pub message: T,
+    /// Queue for the success result; empty: none.
+    #[serde(default)]
+    pub success_queue: String,
+    /// Queue for the failure result; empty: none.
+    #[serde(default)]
+    pub failure_queue: String,
+    /// Metadata copied into the result.
+    #[serde(default)]
+    pub meta: Meta,
+}
+
+/// Whether an item succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The item has an output.
+    Success,
+    /// The item failed; `error` says why.
+    Error,
+}
+
+/// One item's result: `status`, `error`, `meta`, then the pipeline output's
+/// own fields at the top level.
+///
+/// ```
+/// use modalkit_core::wire::InferenceOutput;
+/// #[derive(serde::Serialize)]
+/// struct Out { label: String }
+/// let out = InferenceOutput::success(Out { label: "A".into() }, Default::default());
+/// assert_eq!(
+///     serde_json::to_string(&out).unwrap(),
+///     r#"{"status":"success","error":null,"meta":{},"label":"A"}"#
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InferenceOutput<T> {
+    /// `success` or `error`.
+    pub status: Status,
+    /// Why the item failed; `null` on success.
+    pub error: Option<String>,
+    /// The request's metadata (async) or `{}`.
+    #[serde(default)]
+    pub meta: Meta,
+    /// The pipeline's output, flattened; absent on error.
+    #[serde(flatten)]
+    pub output: Option<T>,
+}
+
+impl<T> InferenceOutput<T> {
+    /// A successful result.
+    pub fn success(output: T, meta: Meta) -> Self {
+        InferenceOutput {
+            status: Status::Success,
+            error: None,
+            meta,
+            output: Some(output),
+        }
+    }
+
+    /// A failed result.
+    pub fn failure(error: impl Into<String>, meta: Meta) -> Self {
+        InferenceOutput {
+            status: Status::Error,
+            error: Some(error.into()),
+            meta,
+            output: None,
+        }
+    }
+}
+
+/// The reply to `/predict_async`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AsyncOutput {
+    /// The job's id, for `GET /jobs/{job_id}`.
+    pub job_id: String,
+}
+
+/// What goes to the failure queue when an async item fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DelayedFailure {
+    /// Always `error`.
+    pub status: Status,
+    /// Why it failed.
+    pub error: String,
+    /// The request's metadata.
+    #[serde(default)]
+    pub meta: Meta,
+    /// The request's `message`, as received.
+    pub original_message: Value,
+}
+
+impl DelayedFailure {
+    /// A failure record for `original_message`.
+    pub fn new(error: impl Into<String>, meta: Meta, original_message: Value) -> Self {
+        DelayedFailure {
+            status: Status::Error,
+            error: error.into(),
+            meta,
+            original_message,
+        }
+    }
+}
