@@ -187,13 +187,19 @@ impl<P: InferencePipeline> Batcher<P> {
 
     /// Queues one item with options. Dropping the returned ticket cancels
     /// the item if it has not started.
-    pub fn submit_with(&self, input: P::Input, options: SubmitOptions) -> Result<Ticket<P::Output>> {
+    pub fn submit_with(
+        &self,
+        input: P::Input,
+        options: SubmitOptions,
+    ) -> Result<Ticket<P::Output>> {
         let now = Instant::now();
         let (reply, receiver) = oneshot::channel();
         let pending = Pending {
             input,
             arrived: now,
-            deadline: options.deadline.unwrap_or(now + self.shared.config.default_timeout),
+            deadline: options
+                .deadline
+                .unwrap_or(now + self.shared.config.default_timeout),
             reply,
             on_start: options.on_start,
         };
@@ -269,7 +275,9 @@ impl<P: InferencePipeline> Batcher<P> {
             });
         match spawned {
             Ok(handle) => *self.lock_timer() = Some((stop_tx, handle)),
-            Err(err) => tracing::error!(model = %self.model, %err, "cannot start the volume reload timer"),
+            Err(err) => {
+                tracing::error!(model = %self.model, %err, "cannot start the volume reload timer")
+            }
         }
     }
 }

@@ -27,7 +27,11 @@ pub struct ModelContext {
 impl ModelContext {
     /// The context for `model_name` from loaded settings, or `None` if the
     /// model is not configured.
-    pub fn from_settings(settings: &Settings, model_name: &str, worker_index: usize) -> Option<Self> {
+    pub fn from_settings(
+        settings: &Settings,
+        model_name: &str,
+        worker_index: usize,
+    ) -> Option<Self> {
         let models = &settings.model_settings;
         let entry = models.model_entries.get(model_name)?.clone();
         Some(ModelContext {
@@ -54,7 +58,7 @@ impl ModelContext {
     ///
     /// ```
     /// # use modalkit_core::ModelContext;
-    /// #[derive(serde::Deserialize)]
+    /// #[derive(Debug, serde::Deserialize)]
     /// struct Entry { path: String }
     /// let ctx = ModelContext::for_test("m", serde_json::json!({"path": 3}));
     /// let err = ctx.entry::<Entry>().unwrap_err().to_string();
@@ -65,7 +69,11 @@ impl ModelContext {
             let path = err.path().to_string();
             Error::ModelEntry {
                 model: self.model_name.clone(),
-                path: if path == "." { String::new() } else { format!(".{path}") },
+                path: if path == "." {
+                    String::new()
+                } else {
+                    format!(".{path}")
+                },
                 message: err.into_inner().to_string(),
             }
         })

@@ -38,7 +38,7 @@ pub type ItemResult<T> = Result<T, PipelineError>;
 ///     text: String,
 /// }
 ///
-/// #[derive(Serialize, JsonSchema)]
+/// #[derive(Debug, Serialize, JsonSchema)]
 /// struct Upper {
 ///     text: String,
 /// }

@@ -7,7 +7,8 @@ use modalkit_core::Error;
 use modalkit_core::settings::{ConfigSources, MountKind, Settings, app_name, redacted};
 use tempfile::TempDir;
 
-const MINIMAL: &str = "app_settings:\n  app_prefix: demo\nmodel_settings:\n  model_entries:\n    translator: {}\n";
+const MINIMAL: &str =
+    "app_settings:\n  app_prefix: demo\nmodel_settings:\n  model_entries:\n    translator: {}\n";
 
 fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(name);
@@ -49,7 +50,11 @@ fn later_sources_win_files_then_dotenv_then_env() {
         "a.yaml",
         "app_settings:\n  app_prefix: first\n  batch_config: {max_batch_size: 4, wait_ms: 10}\n  server_config: {port: 9001, workers: 2}\nmodel_settings:\n  model_entries: {m: {}}\n",
     );
-    let second = write(&dir, "b.yaml", "app_settings:\n  app_prefix: second\n  batch_config: {max_batch_size: 8}\n");
+    let second = write(
+        &dir,
+        "b.yaml",
+        "app_settings:\n  app_prefix: second\n  batch_config: {max_batch_size: 8}\n",
+    );
     let dotenv = write(
         &dir,
         ".env",
@@ -63,9 +68,18 @@ fn later_sources_win_files_then_dotenv_then_env() {
             ("PATH", "/bin"),
         ]);
     let s = Settings::load(&sources).unwrap();
-    assert_eq!(s.app_settings.app_prefix, "second", "second file beats the first");
-    assert_eq!(s.app_settings.batch_config.wait_ms, 10, "unset keys keep the earlier file's value");
-    assert_eq!(s.app_settings.batch_config.max_batch_size, 16, ".env beats files");
+    assert_eq!(
+        s.app_settings.app_prefix, "second",
+        "second file beats the first"
+    );
+    assert_eq!(
+        s.app_settings.batch_config.wait_ms, 10,
+        "unset keys keep the earlier file's value"
+    );
+    assert_eq!(
+        s.app_settings.batch_config.max_batch_size, 16,
+        ".env beats files"
+    );
     assert_eq!(s.app_settings.server_config.port, 9003, "env beats .env");
     assert_eq!(s.app_settings.server_config.workers, 2);
 }
@@ -75,17 +89,32 @@ fn double_underscore_nests_into_every_section() {
     let dir = TempDir::new().unwrap();
     let file = write(&dir, "m.yaml", MINIMAL);
     let sources = ConfigSources::files(vec![file]).with_env([
-        ("MODALKIT_APP_SETTINGS__AUTH_CONFIG__API_KEY", "secret-key-123"),
+        (
+            "MODALKIT_APP_SETTINGS__AUTH_CONFIG__API_KEY",
+            "secret-key-123",
+        ),
         ("MODALKIT_APP_SETTINGS__QUEUE_CONFIG__BACKEND", "sqs"),
         ("MODALKIT_MODEL_SETTINGS__COMMON__DEVICE", "cpu"),
-        ("MODALKIT_MODEL_SETTINGS__MODEL_ENTRIES__TRANSLATOR__PATH", "weights"),
+        (
+            "MODALKIT_MODEL_SETTINGS__MODEL_ENTRIES__TRANSLATOR__PATH",
+            "weights",
+        ),
     ]);
     let s = Settings::load(&sources).unwrap();
-    assert_eq!(s.app_settings.auth_config.api_key.as_deref(), Some("secret-key-123"));
+    assert_eq!(
+        s.app_settings.auth_config.api_key.as_deref(),
+        Some("secret-key-123")
+    );
     assert_eq!(s.app_settings.queue_config.backend, "sqs");
     assert_eq!(s.model_settings.common["device"], "cpu");
-    assert_eq!(s.model_settings.model_entries["translator"]["path"], "weights");
-    assert_eq!(redacted(&s)["app_settings"]["auth_config"]["api_key"], "***");
+    assert_eq!(
+        s.model_settings.model_entries["translator"]["path"],
+        "weights"
+    );
+    assert_eq!(
+        redacted(&s)["app_settings"]["auth_config"]["api_key"],
+        "***"
+    );
 }
 
 #[test]
@@ -98,16 +127,28 @@ fn string_or_list_fields_accept_both() {
         "app_prefix: demo\n  build_config: {extra_run_commands: \"pip install x\"}\n  deployment_config: {gpu: T4}",
     ))
     .unwrap();
-    assert_eq!(one.app_settings.build_config.extra_run_commands, vec!["pip install x"]);
+    assert_eq!(
+        one.app_settings.build_config.extra_run_commands,
+        vec!["pip install x"]
+    );
     assert_eq!(one.app_settings.deployment_config.gpu, vec!["T4"]);
     let many = load(&MINIMAL.replace(
         "app_prefix: demo",
         "app_prefix: demo\n  build_config: {extra_run_commands: [a, b]}\n  deployment_config: {gpu: [H100, A100]}",
     ))
     .unwrap();
-    assert_eq!(many.app_settings.build_config.extra_run_commands, vec!["a", "b"]);
-    assert_eq!(many.app_settings.deployment_config.gpu, vec!["H100", "A100"]);
-    let err = load_err(&MINIMAL.replace("app_prefix: demo", "app_prefix: demo\n  deployment_config: {gpu: 3}"));
+    assert_eq!(
+        many.app_settings.build_config.extra_run_commands,
+        vec!["a", "b"]
+    );
+    assert_eq!(
+        many.app_settings.deployment_config.gpu,
+        vec!["H100", "A100"]
+    );
+    let err = load_err(&MINIMAL.replace(
+        "app_prefix: demo",
+        "app_prefix: demo\n  deployment_config: {gpu: 3}",
+    ));
     assert!(err.contains("app_settings.deployment_config.gpu"), "{err}");
 }
 
@@ -183,7 +224,10 @@ fn a_complete_modalkit_yaml_loads_unchanged() {
     let s = load(FULL_MODALKIT_YAML).unwrap();
     let app = &s.app_settings;
     assert_eq!(app.app_prefix, "my-translation-app");
-    assert_eq!(app.auth_config.ssm_key.as_deref(), Some("/translation/api-key"));
+    assert_eq!(
+        app.auth_config.ssm_key.as_deref(),
+        Some("/translation/api-key")
+    );
     assert_eq!(app.build_config.image.as_deref(), Some("python"));
     assert_eq!(app.build_config.tag.as_deref(), Some("3.11-slim"));
     assert_eq!(app.build_config.env["HF_HOME"], "/models/cache");
@@ -209,27 +253,86 @@ fn a_complete_modalkit_yaml_loads_unchanged() {
     assert!(bucket.read_only && !bucket.requester_pays);
     assert_eq!(app.batch_config.max_batch_size, 16);
     assert_eq!(app.batch_config.wait_ms, 200);
-    assert_eq!(app.queue_config.broker_url.as_deref(), Some("http://localhost:4566"));
+    assert_eq!(
+        app.queue_config.broker_url.as_deref(),
+        Some("http://localhost:4566")
+    );
     assert_eq!(s.model_settings.model_entries.len(), 2);
     assert_eq!(s.model_settings.common["device"], "cuda");
 }
 
 /// Each bad config, and the text its error must contain.
 const BAD_CONFIGS: &[(&str, &str, &str)] = &[
-    ("batch size 0", "  batch_config: {max_batch_size: 0}", "app_settings.batch_config.max_batch_size"),
-    ("batch size 1001", "  batch_config: {max_batch_size: 1001}", "app_settings.batch_config.max_batch_size"),
-    ("wait 600000 ms", "  batch_config: {wait_ms: 600000}", "app_settings.batch_config.wait_ms"),
-    ("negative wait", "  batch_config: {wait_ms: -1}", "app_settings.batch_config.wait_ms"),
-    ("port out of range", "  server_config: {port: 70000}", "app_settings.server_config.port"),
-    ("port as text", "  server_config: {port: eighty}", "app_settings.server_config.port"),
-    ("zero workers", "  server_config: {workers: 0}", "app_settings.server_config.workers"),
-    ("zero queue depth", "  server_config: {max_queue_depth: 0}", "app_settings.server_config.max_queue_depth"),
-    ("typo in a section", "  batch_config: {max_batchsize: 8}", "app_settings.batch_config.max_batchsize"),
-    ("unknown section", "  bach_config: {}", "app_settings.bach_config"),
-    ("bad mount type", "  deployment_config: {mounts: [{local_path: a, remote_path: b, type: link}]}", "app_settings.deployment_config.mounts"),
-    ("bucket without name", "  deployment_config: {cloud_bucket_mounts: [{mount_point: /d, bucket_name: ''}]}", "app_settings.deployment_config.cloud_bucket_mounts[0].bucket_name"),
-    ("short api key", "  auth_config: {api_key: abc}", "app_settings.auth_config.api_key"),
-    ("empty backend", "  queue_config: {backend: ''}", "app_settings.queue_config.backend"),
+    (
+        "batch size 0",
+        "  batch_config: {max_batch_size: 0}",
+        "app_settings.batch_config.max_batch_size",
+    ),
+    (
+        "batch size 1001",
+        "  batch_config: {max_batch_size: 1001}",
+        "app_settings.batch_config.max_batch_size",
+    ),
+    (
+        "wait 600000 ms",
+        "  batch_config: {wait_ms: 600000}",
+        "app_settings.batch_config.wait_ms",
+    ),
+    (
+        "negative wait",
+        "  batch_config: {wait_ms: -1}",
+        "app_settings.batch_config.wait_ms",
+    ),
+    (
+        "port out of range",
+        "  server_config: {port: 70000}",
+        "app_settings.server_config.port",
+    ),
+    (
+        "port as text",
+        "  server_config: {port: eighty}",
+        "app_settings.server_config.port",
+    ),
+    (
+        "zero workers",
+        "  server_config: {workers: 0}",
+        "app_settings.server_config.workers",
+    ),
+    (
+        "zero queue depth",
+        "  server_config: {max_queue_depth: 0}",
+        "app_settings.server_config.max_queue_depth",
+    ),
+    (
+        "typo in a section",
+        "  batch_config: {max_batchsize: 8}",
+        "app_settings.batch_config.max_batchsize",
+    ),
+    (
+        "unknown section",
+        "  bach_config: {}",
+        "app_settings.bach_config",
+    ),
+    (
+        "bad mount type",
+        "  deployment_config: {mounts: [{local_path: a, remote_path: b, type: link}]}",
+        "app_settings.deployment_config.mounts",
+    ),
+    (
+        "bucket without name",
+        "  deployment_config: {cloud_bucket_mounts: [{mount_point: /d, bucket_name: ''}]}",
+        "app_settings.deployment_config.cloud_bucket_mounts[0].bucket_name",
+    ),
+    (
+        "short api key",
+        "  auth_config: {api_key: abc}",
+        "app_settings.auth_config.api_key",
+    ),
+    (
+        "empty backend",
+        "  queue_config: {backend: ''}",
+        "app_settings.queue_config.backend",
+    ),
 ];
 
 #[test]
@@ -237,20 +340,29 @@ fn bad_configs_fail_naming_field_path_and_source() {
     for (what, section, path) in BAD_CONFIGS {
         let yaml = MINIMAL.replace("app_prefix: demo", &format!("app_prefix: demo\n{section}"));
         let err = load_err(&yaml);
-        assert!(err.contains(path), "{what}: error does not name {path}:\n{err}");
-        assert!(err.contains("modalkit.yaml"), "{what}: error does not name the file:\n{err}");
+        assert!(
+            err.contains(path),
+            "{what}: error does not name {path}:\n{err}"
+        );
+        assert!(
+            err.contains("modalkit.yaml"),
+            "{what}: error does not name the file:\n{err}"
+        );
     }
 }
 
 #[test]
 fn empty_prefix_and_missing_models_fail_with_paths() {
-    let err = load_err("app_settings:\n  app_prefix: ''\nmodel_settings:\n  model_entries: {m: {}}\n");
+    let err =
+        load_err("app_settings:\n  app_prefix: ''\nmodel_settings:\n  model_entries: {m: {}}\n");
     assert!(err.contains("app_settings.app_prefix"), "{err}");
     let err = load_err("app_settings:\n  app_prefix: demo\n");
     assert!(err.contains("model_settings.model_entries"), "{err}");
     let err = load_err("model_settings:\n  model_entries: {m: {}}\n");
     assert!(err.contains("app_settings.app_prefix"), "{err}");
-    let err = load_err("app_settings:\n  app_prefix: demo\nmodel_settings:\n  model_entries: {'bad name': {}}\n");
+    let err = load_err(
+        "app_settings:\n  app_prefix: demo\nmodel_settings:\n  model_entries: {'bad name': {}}\n",
+    );
     assert!(err.contains("model_settings.model_entries"), "{err}");
 }
 
@@ -258,19 +370,32 @@ fn empty_prefix_and_missing_models_fail_with_paths() {
 fn a_bad_env_value_names_the_variable() {
     let dir = TempDir::new().unwrap();
     let file = write(&dir, "m.yaml", MINIMAL);
-    let sources = ConfigSources::files(vec![file])
-        .with_env([("MODALKIT_APP_SETTINGS__BATCH_CONFIG__MAX_BATCH_SIZE", "5000")]);
+    let sources = ConfigSources::files(vec![file]).with_env([(
+        "MODALKIT_APP_SETTINGS__BATCH_CONFIG__MAX_BATCH_SIZE",
+        "5000",
+    )]);
     let err = Settings::load(&sources).unwrap_err().to_string();
-    assert!(err.contains("app_settings.batch_config.max_batch_size"), "{err}");
-    assert!(err.contains("MODALKIT_APP_SETTINGS__BATCH_CONFIG__MAX_BATCH_SIZE"), "{err}");
+    assert!(
+        err.contains("app_settings.batch_config.max_batch_size"),
+        "{err}"
+    );
+    assert!(
+        err.contains("MODALKIT_APP_SETTINGS__BATCH_CONFIG__MAX_BATCH_SIZE"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_config_file_is_an_error() {
-    let err = Settings::load(&ConfigSources::files(vec!["/nonexistent/modalkit.yaml".into()]))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("/nonexistent/modalkit.yaml") && err.contains("does not exist"), "{err}");
+    let err = Settings::load(&ConfigSources::files(vec![
+        "/nonexistent/modalkit.yaml".into(),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("/nonexistent/modalkit.yaml") && err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 #[test]

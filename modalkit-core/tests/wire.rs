@@ -71,14 +71,27 @@ fn async_output_and_delayed_failure_exact_json() {
     let reply = AsyncOutput {
         job_id: "0b6a1c2e".into(),
     };
-    assert_eq!(serde_json::to_string(&reply).unwrap(), r#"{"job_id":"0b6a1c2e"}"#);
-    assert_eq!(serde_json::from_str::<AsyncOutput>(r#"{"job_id":"0b6a1c2e"}"#).unwrap(), reply);
+    assert_eq!(
+        serde_json::to_string(&reply).unwrap(),
+        r#"{"job_id":"0b6a1c2e"}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<AsyncOutput>(r#"{"job_id":"0b6a1c2e"}"#).unwrap(),
+        reply
+    );
 
-    let failure = DelayedFailure::new("model exploded", meta(json!({"id": 1})), json!({"text": "boom"}));
+    let failure = DelayedFailure::new(
+        "model exploded",
+        meta(json!({"id": 1})),
+        json!({"text": "boom"}),
+    );
     let text = serde_json::to_string(&failure).unwrap();
     assert_eq!(
         text,
         r#"{"status":"error","error":"model exploded","meta":{"id":1},"original_message":{"text":"boom"}}"#
     );
-    assert_eq!(serde_json::from_str::<DelayedFailure>(&text).unwrap(), failure);
+    assert_eq!(
+        serde_json::from_str::<DelayedFailure>(&text).unwrap(),
+        failure
+    );
 }

@@ -71,9 +71,7 @@ pub(super) struct BatchMetrics {
 
 impl BatchMetrics {
     fn new(model: &str) -> Self {
-        let stage = |name: &'static str| {
-            metrics::histogram!("modalkit_stage_duration_seconds", "model" => model.to_owned(), "stage" => name)
-        };
+        let stage = |name: &'static str| metrics::histogram!("modalkit_stage_duration_seconds", "model" => model.to_owned(), "stage" => name);
         BatchMetrics {
             queue_depth: metrics::gauge!("modalkit_queue_depth", "model" => model.to_owned()),
             batch_size: metrics::histogram!("modalkit_batch_size", "model" => model.to_owned()),
@@ -108,7 +106,9 @@ impl<P: InferencePipeline> Shared<P> {
     fn lock(&self) -> MutexGuard<'_, Queue<P>> {
         // A panic never happens while the lock is held (pipeline code runs
         // outside it), but stay serving even if one did.
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds an item, or refuses it at once.
@@ -165,9 +165,12 @@ impl<P: InferencePipeline> Shared<P> {
         };
         tracing::error!(model = %self.model, reason, failed_items = drained.len(), "fatal device error: intake stopped");
         for pending in drained {
-            let _ = pending.reply.send(Err(self.unavailable(format!("device failed: {reason}"))));
+            let _ = pending
+                .reply
+                .send(Err(self.unavailable(format!("device failed: {reason}"))));
         }
-        self.state.send_replace(BatcherState::Failed(reason.to_owned()));
+        self.state
+            .send_replace(BatcherState::Failed(reason.to_owned()));
         self.work_ready.notify_all();
     }
 
@@ -195,7 +198,10 @@ impl<P: InferencePipeline> Shared<P> {
                 if !queue.open {
                     return Next::Exit;
                 }
-                queue = self.work_ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+                queue = self
+                    .work_ready
+                    .wait(queue)
+                    .unwrap_or_else(|p| p.into_inner());
                 continue;
             };
             let flush_at = oldest.arrived + self.config.wait;
@@ -234,7 +240,9 @@ impl<P: InferencePipeline> Shared<P> {
     fn take_batch(&self, queue: &mut Queue<P>, max: usize, now: Instant) -> Vec<Pending<P>> {
         let mut batch = Vec::with_capacity(max.min(queue.items.len()));
         while batch.len() < max {
-            let Some(item) = queue.items.pop_front() else { break };
+            let Some(item) = queue.items.pop_front() else {
+                break;
+            };
             if item.cancelled() || item.deadline <= now {
                 self.discard(item, now);
             } else {

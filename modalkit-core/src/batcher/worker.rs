@@ -48,7 +48,10 @@ pub(super) fn run<P: InferencePipeline>(
             Next::Exit => return,
             Next::Reload => reload(&shared, &pipeline),
             Next::Batch(batch) => {
-                let _shared_gate = shared.compute_gate.read().unwrap_or_else(|p| p.into_inner());
+                let _shared_gate = shared
+                    .compute_gate
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner());
                 if let Err(fatal) = compute_batch(&shared, &pipeline, batch) {
                     shared.fail(&fatal);
                     return;
@@ -59,12 +62,21 @@ pub(super) fn run<P: InferencePipeline>(
 }
 
 fn reload<P: InferencePipeline>(shared: &Shared<P>, pipeline: &P) {
-    let _exclusive = shared.compute_gate.write().unwrap_or_else(|p| p.into_inner());
+    let _exclusive = shared
+        .compute_gate
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
     match catch_unwind(AssertUnwindSafe(|| pipeline.on_volume_reload())) {
-        Ok(Ok(())) => tracing::info!(model = %shared.model, elapsed = ?started.elapsed(), "volume reloaded"),
-        Ok(Err(err)) => tracing::error!(model = %shared.model, %err, "on_volume_reload failed; serving goes on"),
-        Err(panic) => tracing::error!(model = %shared.model, panic = panic_message(&panic), "on_volume_reload panicked; serving goes on"),
+        Ok(Ok(())) => {
+            tracing::info!(model = %shared.model, elapsed = ?started.elapsed(), "volume reloaded")
+        }
+        Ok(Err(err)) => {
+            tracing::error!(model = %shared.model, %err, "on_volume_reload failed; serving goes on")
+        }
+        Err(panic) => {
+            tracing::error!(model = %shared.model, panic = panic_message(&panic), "on_volume_reload panicked; serving goes on")
+        }
     }
 }
 
@@ -80,10 +92,11 @@ fn compute_batch<P: InferencePipeline>(
     let mut inputs = Vec::with_capacity(size);
     let mut replies = Vec::with_capacity(size);
     for pending in batch {
-        shared
-            .metrics
-            .queue_wait
-            .record(started.saturating_duration_since(pending.arrived).as_secs_f64());
+        shared.metrics.queue_wait.record(
+            started
+                .saturating_duration_since(pending.arrived)
+                .as_secs_f64(),
+        );
         if let Some(on_start) = pending.on_start {
             on_start();
         }
@@ -161,7 +174,12 @@ fn run_stages<P: InferencePipeline>(
     }));
     let results = match attempt {
         Ok(result) => result?,
-        Err(panic) => return Err(PipelineError::msg(format!("pipeline panicked: {}", panic_message(&panic)))),
+        Err(panic) => {
+            return Err(PipelineError::msg(format!(
+                "pipeline panicked: {}",
+                panic_message(&panic)
+            )));
+        }
     };
     if results.len() != inputs.len() {
         return Err(PipelineError::msg(format!(

@@ -35,7 +35,9 @@ impl Settings {
         }
         figment = figment.merge(KeyValueProvider::environment(sources.env.clone()));
 
-        let settings: Settings = figment.extract().map_err(|err| extraction_problems(&figment, err))?;
+        let settings: Settings = figment
+            .extract()
+            .map_err(|err| extraction_problems(&figment, err))?;
         settings
             .validate()
             .map_err(|report| validation_problems(&figment, &report))?;
@@ -45,7 +47,11 @@ impl Settings {
 
 /// The app's name: `app_prefix` + `MODALKIT_APP_POSTFIX` (default `-dev`).
 pub fn app_name(settings: &Settings, postfix: Option<&str>) -> String {
-    format!("{}{}", settings.app_settings.app_prefix, postfix.unwrap_or("-dev"))
+    format!(
+        "{}{}",
+        settings.app_settings.app_prefix,
+        postfix.unwrap_or("-dev")
+    )
 }
 
 /// The settings as JSON with secrets replaced by `"***"`.
@@ -97,7 +103,11 @@ fn extraction_problems(figment: &Figment, err: figment::Error) -> Error {
                 _ => None,
             };
             if let Some(field) = &missing {
-                path = if path.is_empty() { field.clone() } else { format!("{path}.{field}") };
+                path = if path.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{path}.{field}")
+                };
             }
             let place = match (&e.kind, &e.metadata) {
                 (figment::error::Kind::MissingField(_), _) => "set in no source".to_owned(),
@@ -107,7 +117,11 @@ fn extraction_problems(figment: &Figment, err: figment::Error) -> Error {
                 },
                 (_, None) => origin(figment, &path),
             };
-            let what = if path.is_empty() { "<root>".to_owned() } else { path };
+            let what = if path.is_empty() {
+                "<root>".to_owned()
+            } else {
+                path
+            };
             format!("{what}: {} ({place})", e.kind)
         })
         .collect();

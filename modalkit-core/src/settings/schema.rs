@@ -489,6 +489,8 @@ fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
         Ok(OneOrMany::One(s)) => Ok(vec![s]),
         Ok(OneOrMany::Many(v)) => Ok(v),
         Ok(OneOrMany::Nothing(())) => Ok(Vec::new()),
-        Err(_) => Err(serde::de::Error::custom("expected a string or a list of strings")),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a string or a list of strings",
+        )),
     }
 }

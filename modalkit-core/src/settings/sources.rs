@@ -34,7 +34,11 @@ impl ConfigSources {
         let env: Vec<(String, String)> = std::env::vars().collect();
         let list = config
             .map(str::to_owned)
-            .or_else(|| env.iter().find(|(k, _)| k == CONFIG_ENV).map(|(_, v)| v.clone()))
+            .or_else(|| {
+                env.iter()
+                    .find(|(k, _)| k == CONFIG_ENV)
+                    .map(|(_, v)| v.clone())
+            })
             .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_owned());
         ConfigSources {
             files: split_file_list(&list),
@@ -62,7 +66,8 @@ impl ConfigSources {
         mut self,
         vars: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        self.env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self.env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 }
@@ -134,7 +139,9 @@ impl Provider for KeyValueProvider {
     fn data(&self) -> Result<Map<Profile, Dict>, FigmentError> {
         let mut dict = Dict::new();
         for (name, raw) in &self.pairs {
-            let Some(path) = Self::key_path(name) else { continue };
+            let Some(path) = Self::key_path(name) else {
+                continue;
+            };
             let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
             let nested = figment::util::nest(&path, value)
                 .into_dict()
@@ -166,7 +173,9 @@ fn dotenv_pairs(path: &Path) -> std::io::Result<Vec<(String, String)>> {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         let value = value.trim();
         let value = value
             .strip_prefix('"')
