@@ -244,6 +244,13 @@ impl<P: InferencePipeline> Batcher<P> {
         }
     }
 
+    /// Fails every queued (not yet started) item with
+    /// [`Error::Unavailable`] carrying `reason`; used when a shutdown's grace
+    /// period ends. Returns how many were failed.
+    pub fn fail_queued(&self, reason: &str) -> usize {
+        self.shared.fail_queued(reason)
+    }
+
     /// Waits for every worker thread to exit (call [`close`](Self::close)
     /// first). Blocking.
     pub fn join(&self) {

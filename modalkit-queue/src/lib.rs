@@ -1,1 +1,19 @@
-//! placeholder
+//! Result delivery for modalkit-rs.
+//!
+//! Async results go to a [`QueueBackend`] by queue name, as in modalkit. The
+//! [`Delivery`] step wraps every send in retries with backoff and, when a
+//! result still cannot be delivered, writes it to a dead-letter file, so an
+//! accepted job is never lost. Backends are chosen by name from a
+//! [`BackendRegistry`] (`memory` built in) or injected as instances.
+
+pub mod backend;
+pub mod delivery;
+pub mod error;
+pub mod memory;
+pub mod registry;
+
+pub use backend::QueueBackend;
+pub use delivery::{DeadLetterFile, Delivery, RetryPolicy};
+pub use error::QueueError;
+pub use memory::InMemoryQueue;
+pub use registry::BackendRegistry;

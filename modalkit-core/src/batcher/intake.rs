@@ -174,6 +174,19 @@ impl<P: InferencePipeline> Shared<P> {
         self.work_ready.notify_all();
     }
 
+    pub fn fail_queued(&self, reason: &str) -> usize {
+        let drained: Vec<Pending<P>> = {
+            let mut queue = self.lock();
+            self.metrics.queue_depth.set(0.0);
+            queue.items.drain(..).collect()
+        };
+        let count = drained.len();
+        for pending in drained {
+            let _ = pending.reply.send(Err(self.unavailable(reason.to_owned())));
+        }
+        count
+    }
+
     pub fn unavailable(&self, reason: String) -> Error {
         Error::Unavailable {
             model: self.model.clone(),

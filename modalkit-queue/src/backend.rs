@@ -1,0 +1,35 @@
+//! The `QueueBackend` trait: modalkit's contract (`send_message(queue_name,
+//! message)`) with real errors instead of a bool.
+
+use async_trait::async_trait;
+
+use crate::error::QueueError;
+
+/// Somewhere results can be sent by queue name.
+///
+/// Implement it to deliver to a broker of your own and register it in a
+/// [`crate::BackendRegistry`] or inject the instance into the server.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use modalkit_queue::{QueueBackend, QueueError};
+///
+/// struct Stdout;
+///
+/// #[async_trait]
+/// impl QueueBackend for Stdout {
+///     fn name(&self) -> &str { "stdout" }
+///     async fn send_message(&self, queue: &str, message: &str) -> Result<(), QueueError> {
+///         println!("{queue}: {message}");
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait QueueBackend: Send + Sync + 'static {
+    /// The backend's name, for metrics and logs.
+    fn name(&self) -> &str;
+
+    /// Sends one message (a JSON document) to the named queue.
+    async fn send_message(&self, queue: &str, message: &str) -> Result<(), QueueError>;
+}

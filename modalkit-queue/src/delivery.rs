@@ -1,0 +1,238 @@
+//! The delivery step every async result goes through: retries with
+//! exponential backoff and jitter, bounded in attempts and time; what still
+//! fails goes to a dead-letter file. Nothing accepted is lost.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use modalkit_core::settings::QueueConfig;
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::QueueBackend;
+use crate::error::QueueError;
+
+/// How hard delivery tries before dead-lettering.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each time.
+    pub initial_backoff: Duration,
+    /// Longest delay between attempts.
+    pub max_backoff: Duration,
+    /// Longest time one message may spend in delivery.
+    pub max_total: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy `queue_config` asks for.
+    pub fn from_config(config: &QueueConfig) -> Self {
+        RetryPolicy {
+            max_attempts: config.max_attempts.max(1),
+            initial_backoff: Duration::from_millis(config.initial_backoff_ms),
+            max_backoff: Duration::from_millis(config.max_backoff_ms),
+            max_total: Duration::from_secs(config.max_delivery_seconds),
+        }
+    }
+
+    /// The delay before attempt `attempt + 1` (full jitter over an
+    /// exponentially growing cap).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .initial_backoff
+            .saturating_mul(
+                1u32.checked_shl(attempt.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
+            .min(self.max_backoff);
+        let low = cap / 2;
+        let jitter = rand::rng().random_range(0.0..=1.0);
+        low + (cap - low).mul_f64(jitter)
+    }
+}
+
+/// An append-only JSON-lines file of undeliverable results.
+#[derive(Debug)]
+pub struct DeadLetterFile {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl DeadLetterFile {
+    /// A dead-letter file at `path` (created on first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DeadLetterFile {
+            path: path.into(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Appends one record and syncs it to disk.
+    pub fn write(
+        &self,
+        queue: &str,
+        message: &str,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let body: Value = serde_json::from_str(message).unwrap_or_else(|_| Value::from(message));
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let record = json!({"queue": queue, "message": body, "error": error, "attempts": attempts, "dead_lettered_at": at});
+        let mut line = record.to_string();
+        line.push('\n');
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let fail = |err: std::io::Error| QueueError::DeadLetter {
+            path: self.path.display().to_string(),
+            message: err.to_string(),
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(fail)?;
+        file.write_all(line.as_bytes()).map_err(fail)?;
+        file.sync_data().map_err(fail)
+    }
+}
+
+/// How one message's delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It reached the queue.
+    Delivered,
+    /// It is in the dead-letter file.
+    DeadLettered,
+}
+
+/// Sends results through a backend with retries, dead-lettering failures.
+pub struct Delivery {
+    backend: Arc<dyn QueueBackend>,
+    policy: RetryPolicy,
+    dead_letters: DeadLetterFile,
+    tracker: TaskTracker,
+    give_up: CancellationToken,
+    sent: metrics::Counter,
+    retried: metrics::Counter,
+    failed: metrics::Counter,
+    dead_lettered: metrics::Counter,
+}
+
+impl Delivery {
+    /// Delivery through `backend` under `policy`, dead-lettering to `dead_letters`.
+    pub fn new(
+        backend: Arc<dyn QueueBackend>,
+        policy: RetryPolicy,
+        dead_letters: DeadLetterFile,
+    ) -> Self {
+        let name = backend.name().to_owned();
+        let outcome = |o: &'static str| metrics::counter!("modalkit_queue_send_total", "backend" => name.clone(), "outcome" => o);
+        Delivery {
+            sent: outcome("success"),
+            retried: outcome("retry"),
+            failed: outcome("failure"),
+            dead_lettered: metrics::counter!("modalkit_dead_letters_total"),
+            backend,
+            policy,
+            dead_letters,
+            tracker: TaskTracker::new(),
+            give_up: CancellationToken::new(),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn QueueBackend> {
+        &self.backend
+    }
+
+    /// The dead-letter file.
+    pub fn dead_letters(&self) -> &DeadLetterFile {
+        &self.dead_letters
+    }
+
+    /// Delivers in the background; [`drain`](Self::drain) waits for it.
+    pub fn spawn(self: &Arc<Self>, queue: String, message: String) {
+        let this = Arc::clone(self);
+        self.tracker
+            .spawn(async move { this.deliver(&queue, &message).await });
+    }
+
+    /// Delivers one message: retries while the error is retryable and the
+    /// policy allows, then dead-letters. Never fails: the outcome says where
+    /// the message ended.
+    pub async fn deliver(&self, queue: &str, message: &str) -> Outcome {
+        let started = Instant::now();
+        let mut attempt = 0;
+        let last_error = loop {
+            attempt += 1;
+            let error = match self.backend.send_message(queue, message).await {
+                Ok(()) => {
+                    self.sent.increment(1);
+                    return Outcome::Delivered;
+                }
+                Err(error) => error,
+            };
+            let delay = self.policy.backoff(attempt);
+            let out_of_budget = attempt >= self.policy.max_attempts
+                || started.elapsed() + delay > self.policy.max_total
+                || !error.is_retryable();
+            if out_of_budget || self.give_up.is_cancelled() {
+                break error;
+            }
+            self.retried.increment(1);
+            tracing::warn!(backend = self.backend.name(), queue, attempt, %error, ?delay, "delivery failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.give_up.cancelled() => break error,
+            }
+        };
+        self.failed.increment(1);
+        self.dead_letter(queue, message, &last_error.to_string(), attempt)
+    }
+
+    fn dead_letter(&self, queue: &str, message: &str, error: &str, attempts: u32) -> Outcome {
+        self.dead_lettered.increment(1);
+        // The body is never logged: results can hold user data.
+        tracing::error!(backend = self.backend.name(), queue, attempts, error, bytes = message.len(),
+            file = %self.dead_letters.path().display(), "result undeliverable; dead-lettered");
+        if let Err(err) = self.dead_letters.write(queue, message, error, attempts) {
+            tracing::error!(%err, queue, "could not write the dead-letter record");
+        }
+        Outcome::DeadLettered
+    }
+
+    /// Waits up to `grace` for pending deliveries, then makes the rest stop
+    /// retrying and dead-letter at once. Returns when every delivery ended.
+    pub async fn drain(&self, grace: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.tracker.len(),
+                "grace period over: dead-lettering pending results"
+            );
+            self.give_up.cancel();
+            self.tracker.wait().await;
+        }
+    }
+
+    /// Deliveries under way.
+    pub fn pending(&self) -> usize {
+        self.tracker.len()
+    }
+}

@@ -1,0 +1,62 @@
+//! The crate's error type.
+
+/// Everything sending a result can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    /// The queue is full (in-memory backend).
+    #[error("queue '{queue}' is full ({capacity} messages)")]
+    Full {
+        /// The queue.
+        queue: String,
+        /// Its capacity.
+        capacity: usize,
+    },
+    /// The message is larger than the backend accepts; retrying cannot help.
+    #[error("message of {size} bytes exceeds the {limit}-byte limit of queue '{queue}'")]
+    TooLarge {
+        /// The queue.
+        queue: String,
+        /// The message's size.
+        size: usize,
+        /// The backend's limit.
+        limit: usize,
+    },
+    /// The backend could not be reached or refused the message; may succeed
+    /// on retry.
+    #[error("sending to queue '{queue}' failed: {message}")]
+    Unavailable {
+        /// The queue.
+        queue: String,
+        /// The backend's error.
+        message: String,
+    },
+    /// No backend is registered under this name.
+    #[error("unknown queue backend '{0}' (registered: {1})")]
+    UnknownBackend(String, String),
+    /// The backend could not be set up.
+    #[error("queue backend '{backend}' could not start: {message}")]
+    Setup {
+        /// The backend.
+        backend: String,
+        /// Why.
+        message: String,
+    },
+    /// Writing the dead-letter file failed.
+    #[error("dead-letter file {path}: {message}")]
+    DeadLetter {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+}
+
+impl QueueError {
+    /// Whether retrying the same send may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Unavailable { .. } | QueueError::Full { .. }
+        )
+    }
+}

@@ -1,0 +1,126 @@
+//! The command line of a server binary: `serve` (default), `check` and
+//! `openapi`, with `--config`, `--host` and `--port` (each also read from
+//! its environment variable).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use modalkit_core::settings::{ConfigSources, redacted};
+use modalkit_core::{InferencePipeline, Settings};
+
+use crate::server::{Server, ServerOptions};
+
+/// Exit code for an invalid configuration or a failed start-up.
+pub const EXIT_STARTUP_FAILED: u8 = 1;
+
+/// A modalkit-rs server.
+#[derive(Debug, Parser)]
+#[command(version, about = "A modalkit-compatible inference server")]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Config file(s), comma-separated; later ones win.
+    #[arg(long, env = "MODALKIT_CONFIG", global = true)]
+    pub config: Option<String>,
+    /// Address to bind (overrides server_config.host).
+    #[arg(long, env = "MODALKIT_HOST", global = true)]
+    pub host: Option<String>,
+    /// Port to bind (overrides server_config.port).
+    #[arg(long, env = "MODALKIT_PORT", global = true)]
+    pub port: Option<u16>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the models and serve HTTP (the default).
+    Serve,
+    /// Validate the config and print it merged, as JSON, secrets redacted.
+    Check,
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+impl Cli {
+    /// Loads settings from the sources this command line names.
+    pub fn settings(&self) -> Result<Settings, modalkit_core::Error> {
+        let mut settings = Settings::load(&ConfigSources::from_process(self.config.as_deref()))?;
+        if let Some(host) = &self.host {
+            settings.app_settings.server_config.host = host.clone();
+        }
+        if let Some(port) = self.port {
+            settings.app_settings.server_config.port = port;
+        }
+        Ok(settings)
+    }
+}
+
+/// Runs the command line for pipeline `P` with default options.
+pub fn run<P: InferencePipeline>() -> ExitCode {
+    run_with::<P>(ServerOptions::default())
+}
+
+/// Runs the command line for pipeline `P` with `options`.
+pub fn run_with<P: InferencePipeline>(options: ServerOptions) -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init_tracing();
+    let settings = match cli.settings() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_STARTUP_FAILED);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&redacted(&settings)).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Openapi => {
+            let names: Vec<String> = settings
+                .model_settings
+                .model_entries
+                .keys()
+                .cloned()
+                .collect();
+            let doc = crate::openapi::document::<P>(
+                &modalkit_core::settings::app_name(&settings, None),
+                &names,
+            );
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve::<P>(settings, options),
+    }
+}
+
+fn serve<P: InferencePipeline>(settings: Settings, options: ServerOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_STARTUP_FAILED);
+        }
+    };
+    let result = runtime.block_on(async {
+        crate::telemetry::prometheus();
+        let server = Server::<P>::build(settings, options).await?;
+        let listener = server.bind().await?;
+        server.run(listener, std::future::pending()).await
+    });
+    match result {
+        Ok(stopped) => ExitCode::from(stopped.exit_code()),
+        Err(err) => {
+            tracing::error!(%err, "start-up failed");
+            eprintln!("error: {err}");
+            ExitCode::from(EXIT_STARTUP_FAILED)
+        }
+    }
+}

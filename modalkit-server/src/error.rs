@@ -1,0 +1,191 @@
+//! Every failure the HTTP layer reports, and the one place that maps each to
+//! a status code and the JSON body `{"error": {"code", "message", "details"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not well-formed JSON (or is empty).
+    #[error("{0}")]
+    InvalidJson(String),
+    /// The JSON does not fit the expected type; `path` names where.
+    #[error("{message}")]
+    InvalidBody {
+        /// Where in the body (`text`, `[2].text`, `message.text`).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// garde validation failed; one entry per field.
+    #[error("validation failed: {}", summary(.0))]
+    Validation(Vec<(String, String)>),
+    /// The content type is not JSON.
+    #[error("expected Content-Type: application/json, got {0}")]
+    UnsupportedMediaType(String),
+    /// The body is larger than `max_body_bytes`.
+    #[error("request body exceeds the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    /// A `/predict_batch` array is longer than allowed.
+    #[error("batch of {got} messages exceeds the limit of {limit}")]
+    TooManyItems {
+        /// Messages sent.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// `model_name` names no configured model.
+    #[error("unknown model '{0}'")]
+    UnknownModel(String, Vec<String>),
+    /// `model_name` is required because several models are served.
+    #[error("model_name query parameter is required: this server serves {}", .0.join(", "))]
+    ModelRequired(Vec<String>),
+    /// A query string that cannot be parsed.
+    #[error("invalid query string: {0}")]
+    InvalidQuery(String),
+    /// The job id is not a UUID.
+    #[error("invalid job id '{0}': expected a UUID")]
+    InvalidJobId(String),
+    /// No such job (or it expired).
+    #[error("job '{0}' not found (unknown or expired)")]
+    JobNotFound(String),
+    /// No route.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Missing or wrong API key.
+    #[error("missing or invalid API key in header '{0}'")]
+    Unauthorized(String),
+    /// The queue is full: retry later.
+    #[error("{0}")]
+    Overloaded(String),
+    /// Not taking work: shutting down or the device failed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request's deadline passed.
+    #[error("the request did not complete within its {0:.3}s deadline")]
+    DeadlineExceeded(f64),
+    /// The pipeline failed on this item.
+    #[error("{0}")]
+    Pipeline(String),
+    /// Something the server itself got wrong.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn summary(fields: &[(String, String)]) -> String {
+    fields
+        .iter()
+        .map(|(path, message)| {
+            if path.is_empty() {
+                message.clone()
+            } else {
+                format!("{path}: {message}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) | ModelRequired(_) | InvalidQuery(_) | InvalidJobId(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            InvalidBody { .. } | Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyTooLarge(_) | TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UnknownModel(..) | JobNotFound(_) | NotFound(_) => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Overloaded(_) | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Pipeline(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) => "invalid_json",
+            InvalidBody { .. } => "invalid_body",
+            Validation(_) => "validation_failed",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            BodyTooLarge(_) => "body_too_large",
+            TooManyItems { .. } => "too_many_items",
+            UnknownModel(..) => "unknown_model",
+            ModelRequired(_) => "model_required",
+            InvalidQuery(_) => "invalid_query",
+            InvalidJobId(_) => "invalid_job_id",
+            JobNotFound(_) => "job_not_found",
+            NotFound(_) => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Unauthorized(_) => "unauthorized",
+            Overloaded(_) => "overloaded",
+            Unavailable(_) => "unavailable",
+            DeadlineExceeded(_) => "deadline_exceeded",
+            Pipeline(_) => "pipeline_error",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    fn details(&self) -> Value {
+        match self {
+            ApiError::InvalidBody { path, .. } => json!({ "path": path }),
+            ApiError::Validation(fields) => Value::Array(
+                fields
+                    .iter()
+                    .map(|(path, message)| json!({ "path": path, "message": message }))
+                    .collect(),
+            ),
+            ApiError::UnknownModel(_, models) | ApiError::ModelRequired(models) => {
+                json!({ "models": models })
+            }
+            ApiError::TooManyItems { got, limit } => json!({ "got": got, "limit": limit }),
+            ApiError::BodyTooLarge(limit) => json!({ "limit_bytes": limit }),
+            _ => Value::Null,
+        }
+    }
+}
+
+impl From<modalkit_core::Error> for ApiError {
+    fn from(error: modalkit_core::Error) -> Self {
+        use modalkit_core::Error as E;
+        match error {
+            E::Overloaded { .. } => ApiError::Overloaded(error.to_string()),
+            E::Unavailable { .. } => ApiError::Unavailable(error.to_string()),
+            E::DeadlineExceeded => ApiError::DeadlineExceeded(0.0),
+            E::Pipeline(message) => ApiError::Pipeline(message),
+            E::Item(message) => ApiError::Pipeline(message),
+            E::Config(_) | E::ModelEntry { .. } | E::Load { .. } => {
+                ApiError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({ "error": { "code": self.code(), "message": self.to_string(), "details": self.details() } });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status.is_server_error() {
+            tracing::warn!(code = self.code(), error = %self, "request failed");
+        }
+        response
+    }
+}

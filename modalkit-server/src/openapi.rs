@@ -1,0 +1,132 @@
+//! The OpenAPI 3.1 document, generated from the pipeline's `Input` and
+//! `Output` types and modalkit's wire types with schemars.
+
+use modalkit_core::InferencePipeline;
+use modalkit_core::wire::{AsyncInput, AsyncOutput, DelayedFailure, InferenceOutput};
+use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
+use serde_json::{Value, json};
+
+use crate::jobs::JobView;
+
+/// Builds the document for a server of pipeline `P` serving `models`.
+pub fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = settings.into_generator();
+    let mut schema = |f: &mut dyn FnMut(&mut schemars::SchemaGenerator) -> schemars::Schema| {
+        f(&mut generator).to_value()
+    };
+    let input = schema(&mut |g| g.subschema_for::<P::Input>());
+    let output = schema(&mut |g| g.subschema_for::<InferenceOutput<P::Output>>());
+    let async_input = schema(&mut |g| g.subschema_for::<AsyncInput<P::Input>>());
+    let async_output = schema(&mut |g| g.subschema_for::<AsyncOutput>());
+    let failure = schema(&mut |g| g.subschema_for::<DelayedFailure>());
+    let job = schema(&mut |g| g.subschema_for::<JobView>());
+    let error = schema(&mut |g| g.subschema_for::<ErrorBody>());
+    let mut components = generator.take_definitions(true);
+    components.insert("DelayedFailure".to_owned(), failure);
+
+    let model_param = json!({
+        "name": "model_name", "in": "query", "required": models.len() > 1,
+        "schema": {"type": "string", "enum": models},
+        "description": "Which model to run; optional when one model is served."
+    });
+    let errors = |codes: &[&str]| -> Value {
+        codes
+            .iter()
+            .map(|code| (code.to_string(), json!({"description": describe(code), "content": {"application/json": {"schema": error.clone()}}})))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let with_errors = |ok: (&str, Value), codes: &[&str]| -> Value {
+        let mut responses = errors(codes);
+        if let Value::Object(map) = &mut responses {
+            map.insert(ok.0.to_owned(), ok.1);
+        }
+        responses
+    };
+    let predict_errors = [
+        "400", "401", "404", "413", "415", "422", "500", "503", "504",
+    ];
+    let security = json!([{"apiKey": []}]);
+
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": env!("CARGO_PKG_VERSION"),
+                 "description": "modalkit-compatible inference API served by modalkit-rs."},
+        "paths": {
+            "/predict_sync": {"post": {
+                "summary": "Run one message through the model and wait for its result.",
+                "operationId": "predict_sync", "parameters": [model_param], "security": security,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": input}}},
+                "responses": with_errors(("200", json!({"description": "The item's result (status may be \"error\" for an item the model rejected).",
+                    "content": {"application/json": {"schema": output}}})), &predict_errors)
+            }},
+            "/predict_batch": {"post": {
+                "summary": "Run an array of messages; results come back in order.",
+                "operationId": "predict_batch", "parameters": [model_param], "security": security,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "array", "items": input}}}},
+                "responses": with_errors(("200", json!({"description": "One result per message, in order.",
+                    "content": {"application/json": {"schema": {"type": "array", "items": output}}}})), &predict_errors)
+            }},
+            "/predict_async": {"post": {
+                "summary": "Queue a message; its result goes to success_queue / failure_queue and GET /jobs/{job_id}.",
+                "operationId": "predict_async", "parameters": [model_param], "security": security,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": async_input}}},
+                "responses": with_errors(("202", json!({"description": "Accepted.",
+                    "content": {"application/json": {"schema": async_output}}})), &["400", "401", "404", "413", "415", "422", "503"])
+            }},
+            "/jobs/{job_id}": {"get": {
+                "summary": "An async job's state and result.", "operationId": "get_job", "security": security,
+                "parameters": [{"name": "job_id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+                "responses": with_errors(("200", json!({"description": "The job.", "content": {"application/json": {"schema": job}}})), &["400", "401", "404"])
+            }},
+            "/health": {"get": {"summary": "Liveness: the process serves.", "operationId": "health",
+                "responses": {"200": {"description": "Alive."}}}},
+            "/ready": {"get": {"summary": "Readiness: every model loaded and taking work.", "operationId": "ready",
+                "responses": {"200": {"description": "Ready."}, "503": {"description": "Loading, shutting down, or the device failed."}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics.", "operationId": "metrics",
+                "responses": {"200": {"description": "Prometheus text format.", "content": {"text/plain": {}}}}}}
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                "description": "Required only when auth_config.api_key or ssm_key is set; the header is auth_config.auth_header."}}
+        }
+    })
+}
+
+fn describe(code: &str) -> &'static str {
+    match code {
+        "400" => "Malformed JSON, empty body, bad query or job id.",
+        "401" => "Missing or wrong API key.",
+        "404" => "Unknown model or job.",
+        "413" => "Body or batch too large.",
+        "415" => "Content-Type is not JSON.",
+        "422" => "The message does not fit the input schema or fails validation.",
+        "500" => "The pipeline failed on this item.",
+        "503" => "Overloaded (see Retry-After), shutting down, or the device failed.",
+        "504" => "The request's deadline passed.",
+        _ => "Error.",
+    }
+}
+
+/// The body of every error response.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `validation_failed`.
+    code: String,
+    /// Human-readable message.
+    message: String,
+    /// Structured details (field paths, limits), or null.
+    details: Value,
+}

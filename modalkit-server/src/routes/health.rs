@@ -1,0 +1,61 @@
+//! `/health` (liveness), `/ready` (readiness) and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use modalkit_core::InferencePipeline;
+use modalkit_core::batcher::BatcherState;
+use serde_json::{Map, Value, json};
+
+use crate::state::AppState;
+
+/// Liveness: the process answers.
+pub async fn health() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: 200 when every model takes work, 503 otherwise, with each
+/// model's state and queue depth and the device.
+pub async fn ready<P: InferencePipeline>(
+    State(state): State<Arc<AppState<P>>>,
+) -> impl IntoResponse {
+    let ready = state.is_ready();
+    let models: Map<String, Value> = state
+        .models
+        .iter()
+        .map(|(name, batcher)| {
+            let (model_state, reason) = match batcher.state() {
+                BatcherState::Serving => ("serving", None),
+                BatcherState::Draining => ("draining", None),
+                BatcherState::Failed(reason) => ("failed", Some(reason)),
+            };
+            (name.clone(), json!({"state": model_state, "reason": reason, "queue_depth": batcher.queue_depth()}))
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "shutting_down": state.shutting_down.load(std::sync::atomic::Ordering::SeqCst),
+        "device": state.device,
+        "models": models,
+    });
+    (status, Json(body))
+}
+
+/// Prometheus text.
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::prometheus().render(),
+    )
+}

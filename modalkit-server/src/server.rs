@@ -1,0 +1,349 @@
+//! A running server: builds one batcher per model, the result delivery and
+//! the router, serves until SIGTERM/SIGINT (or a fatal device error), then
+//! drains: `/ready` turns 503, intake stops, in-flight requests are
+//! answered and accepted async jobs finish and are delivered within
+//! `shutdown_grace`. SIGHUP runs the pipelines' `on_volume_reload`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use modalkit_core::batcher::BatcherState;
+use modalkit_core::{Batcher, BatcherConfig, InferencePipeline, ModelContext, Settings};
+use modalkit_queue::{BackendRegistry, DeadLetterFile, Delivery, QueueBackend, RetryPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::ApiKey;
+use crate::jobs::JobStore;
+use crate::state::{AppState, Limits};
+
+/// Process exit code after a fatal device error (documented in docs/).
+pub const EXIT_DEVICE_FAILED: u8 = 3;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] modalkit_core::Error),
+    /// The queue backend could not be built.
+    #[error(transparent)]
+    Queue(#[from] modalkit_queue::QueueError),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// How a server stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// A requested shutdown completed: exit 0.
+    Clean,
+    /// A fatal device error: exit [`EXIT_DEVICE_FAILED`].
+    DeviceFailed,
+}
+
+impl Stopped {
+    /// The process exit code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Stopped::Clean => 0,
+            Stopped::DeviceFailed => EXIT_DEVICE_FAILED,
+        }
+    }
+}
+
+/// What a program can hand the server besides settings.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// A backend instance to use instead of `queue_config.backend` (as
+    /// modalkit's `ModalService(queue_backend=...)`).
+    pub queue_backend: Option<Arc<dyn QueueBackend>>,
+    /// Backends selectable by name; default: the built-in ones.
+    pub registry: Option<BackendRegistry>,
+    /// An API key to use instead of `auth_config.api_key` (e.g. read from SSM).
+    pub api_key: Option<String>,
+}
+
+/// A server ready to run.
+pub struct Server<P: InferencePipeline> {
+    state: Arc<AppState<P>>,
+    settings: Settings,
+    api_key: Option<ApiKey>,
+}
+
+impl<P: InferencePipeline> Server<P> {
+    /// Loads every model (one batcher each) and the queue backend.
+    pub async fn build(settings: Settings, options: ServerOptions) -> Result<Self, ServerError> {
+        let app = &settings.app_settings;
+        let server_config = &app.server_config;
+        let backend = match options.queue_backend {
+            Some(backend) => backend,
+            None => {
+                options
+                    .registry
+                    .unwrap_or_default()
+                    .build(&app.queue_config)
+                    .await?
+            }
+        };
+        let delivery = Arc::new(Delivery::new(
+            backend,
+            RetryPolicy::from_config(&app.queue_config),
+            DeadLetterFile::new(&app.queue_config.dead_letter_path),
+        ));
+        let api_key = match options.api_key.or_else(|| app.auth_config.api_key.clone()) {
+            Some(key) => Some(
+                ApiKey::new(&app.auth_config.auth_header, &key)
+                    .map_err(modalkit_core::Error::config)?,
+            ),
+            None => None,
+        };
+
+        let config = BatcherConfig::from_settings(&settings);
+        let mut models = BTreeMap::new();
+        for name in settings.model_settings.model_entries.keys() {
+            let started = Instant::now();
+            let (name_owned, config, settings_owned) =
+                (name.clone(), config.clone(), settings.clone());
+            let batcher = tokio::task::spawn_blocking(move || {
+                Batcher::<P>::start(&name_owned, config, |worker| {
+                    ModelContext::from_settings(&settings_owned, &name_owned, worker)
+                        .unwrap_or_else(|| {
+                            ModelContext::for_test(&name_owned, serde_json::Value::Null)
+                        })
+                })
+            })
+            .await
+            .map_err(|err| ServerError::Io(format!("model loading task failed: {err}")))??;
+            tracing::info!(model = %name, workers = batcher.config().workers, elapsed = ?started.elapsed(), "model loaded");
+            models.insert(name.clone(), Arc::new(batcher));
+        }
+        let model_names: Vec<String> = models.keys().cloned().collect();
+        let device = settings
+            .model_settings
+            .common
+            .get("device")
+            .and_then(|d| d.as_str())
+            .unwrap_or("cpu")
+            .to_owned();
+        let openapi = crate::openapi::document::<P>(
+            &modalkit_core::settings::app_name(&settings, None),
+            &model_names,
+        );
+        let state = Arc::new(AppState {
+            models,
+            model_names,
+            jobs: Arc::new(JobStore::new(
+                server_config.max_jobs,
+                Duration::from_secs(server_config.job_ttl_seconds),
+            )),
+            delivery,
+            async_jobs: TaskTracker::new(),
+            limits: Limits {
+                max_body_bytes: server_config.max_body_bytes,
+                max_batch_request_items: server_config.max_batch_request_items,
+                request_timeout: Duration::from_secs_f64(server_config.request_timeout_seconds),
+                async_timeout: Duration::from_secs_f64(server_config.async_timeout_seconds),
+            },
+            shutting_down: Default::default(),
+            device,
+            openapi: serde_json::to_vec_pretty(&openapi)
+                .unwrap_or_default()
+                .into(),
+        });
+        Ok(Server {
+            state,
+            settings,
+            api_key,
+        })
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn state(&self) -> &Arc<AppState<P>> {
+        &self.state
+    }
+
+    /// The axum router.
+    pub fn router(&self) -> axum::Router {
+        crate::router::build(
+            Arc::clone(&self.state),
+            self.api_key.clone(),
+            &self.settings.app_settings.server_config.cors_allow_origins,
+        )
+    }
+
+    /// Binds `server_config.host:port`.
+    pub async fn bind(&self) -> Result<TcpListener, ServerError> {
+        let config = &self.settings.app_settings.server_config;
+        let address = format!("{}:{}", config.host, config.port);
+        TcpListener::bind(&address)
+            .await
+            .map_err(|err| ServerError::Io(format!("cannot bind {address}: {err}")))
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, SIGTERM/SIGINT
+    /// arrives, or a model's device fails; then drains and returns how it
+    /// stopped.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Stopped, ServerError> {
+        let address: Option<SocketAddr> = listener.local_addr().ok();
+        tracing::info!(?address, models = ?self.state.model_names, "serving");
+        let router = self.router();
+        let state = Arc::clone(&self.state);
+        let grace = Duration::from_secs_f64(
+            self.settings
+                .app_settings
+                .server_config
+                .shutdown_grace_seconds,
+        );
+
+        let (stop_http, mut http_stopped) = watch::channel(false);
+        let http = tokio::spawn(async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(%err, "HTTP server failed");
+            }
+        });
+
+        let reload_state = Arc::clone(&state);
+        let reloads = tokio::spawn(reload_on_sighup(reload_state));
+        let stopped = wait_for_stop(&state, shutdown).await;
+        reloads.abort();
+        drain(&state, grace).await;
+        let _ = stop_http.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), http)
+            .await
+            .is_err()
+        {
+            tracing::warn!("open connections did not close within 5s of the drain");
+        }
+        tracing::info!(?stopped, "stopped");
+        Ok(stopped)
+    }
+}
+
+async fn wait_for_stop<P: InferencePipeline>(
+    state: &AppState<P>,
+    shutdown: impl Future<Output = ()>,
+) -> Stopped {
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    for batcher in state.models.values() {
+        let mut watcher = batcher.watch_state();
+        let failed = failed_tx.clone();
+        tokio::spawn(async move {
+            if watcher
+                .wait_for(|s| matches!(s, BatcherState::Failed(_)))
+                .await
+                .is_ok()
+            {
+                let _ = failed.try_send(());
+            }
+        });
+    }
+    drop(failed_tx);
+    let fatal = async {
+        if failed_rx.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = shutdown => { tracing::info!("shutdown requested"); Stopped::Clean }
+        () = terminate_signal() => { tracing::info!("SIGTERM/SIGINT received: draining"); Stopped::Clean }
+        () = fatal => { tracing::error!("a model's device failed: draining, then exiting with code {EXIT_DEVICE_FAILED}"); Stopped::DeviceFailed }
+    }
+}
+
+/// The drain: stop intake, let queued work and async deliveries finish
+/// within `grace`; past it, fail what is still queued (async jobs then send
+/// their failure or dead-letter it) and stop retrying deliveries.
+async fn drain<P: InferencePipeline>(state: &AppState<P>, grace: Duration) {
+    let started = Instant::now();
+    state.shutting_down.store(true, Ordering::SeqCst);
+    for batcher in state.models.values() {
+        batcher.close();
+    }
+    state.async_jobs.close();
+    let deadline = tokio::time::Instant::now() + grace;
+    let workers_done = join_batchers(state);
+    if tokio::time::timeout_at(deadline, async {
+        workers_done.await;
+        state.async_jobs.wait().await;
+    })
+    .await
+    .is_err()
+    {
+        let failed: usize = state
+            .models
+            .values()
+            .map(|b| b.fail_queued("the server shut down before this item was computed"))
+            .sum();
+        tracing::warn!(
+            failed_queued = failed,
+            pending_jobs = state.async_jobs.len(),
+            "grace period over"
+        );
+        state.delivery.drain(Duration::ZERO).await;
+        state.async_jobs.wait().await;
+    }
+    tracing::info!(elapsed = ?started.elapsed(), "drained");
+}
+
+fn join_batchers<P: InferencePipeline>(state: &AppState<P>) -> impl Future<Output = ()> + use<P> {
+    let batchers: Vec<Arc<Batcher<P>>> = state.models.values().cloned().collect();
+    async move {
+        let _ = tokio::task::spawn_blocking(move || batchers.iter().for_each(|b| b.join())).await;
+    }
+}
+
+#[cfg(unix)]
+async fn terminate_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => {
+            tracing::error!("cannot listen for SIGTERM/SIGINT");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup<P: InferencePipeline>(state: Arc<AppState<P>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; volume reloads only on the timer");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading volumes");
+        for batcher in state.models.values() {
+            batcher.request_reload();
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup<P: InferencePipeline>(_state: Arc<AppState<P>>) {}
