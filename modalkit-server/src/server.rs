@@ -199,12 +199,9 @@ impl<P: InferencePipeline> Server<P> {
         tracing::info!(?address, models = ?self.state.model_names, "serving");
         let router = self.router();
         let state = Arc::clone(&self.state);
-        let grace = Duration::from_secs_f64(
-            self.settings
-                .app_settings
-                .server_config
-                .shutdown_grace_seconds,
-        );
+        let server_config = &self.settings.app_settings.server_config;
+        let grace = Duration::from_secs_f64(server_config.shutdown_grace_seconds);
+        let unready_delay = Duration::from_secs_f64(server_config.unready_delay_seconds);
 
         let (stop_http, mut http_stopped) = watch::channel(false);
         let http = tokio::spawn(async move {
@@ -221,8 +218,10 @@ impl<P: InferencePipeline> Server<P> {
         let reload_state = Arc::clone(&state);
         let reloads = tokio::spawn(reload_on_sighup(reload_state));
         let stopped = wait_for_stop(&state, shutdown).await;
+        let unready_since = tokio::time::Instant::now();
         reloads.abort();
         drain(&state, grace).await;
+        tokio::time::sleep_until(unready_since + unready_delay).await;
         let _ = stop_http.send(true);
         if tokio::time::timeout(Duration::from_secs(5), http)
             .await

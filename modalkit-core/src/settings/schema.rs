@@ -372,6 +372,12 @@ pub struct ServerConfig {
     #[serde(default = "default_shutdown_grace_seconds")]
     #[garde(range(min = 0.0, max = 3_600.0))]
     pub shutdown_grace_seconds: f64,
+    /// After readiness turns 503 (shutdown or device failure), keep answering
+    /// at least this long before closing the listener, so load balancers
+    /// see the 503 before connections are refused.
+    #[serde(default = "default_unready_delay_seconds")]
+    #[garde(range(min = 0.0, max = 60.0))]
+    pub unready_delay_seconds: f64,
     /// How long a finished async job's result is kept for `GET /jobs/{id}`.
     #[serde(default = "default_job_ttl_seconds")]
     #[garde(range(min = 1, max = 604_800))]
@@ -413,6 +419,9 @@ fn default_workers() -> usize {
 fn default_shutdown_grace_seconds() -> f64 {
     30.0
 }
+fn default_unready_delay_seconds() -> f64 {
+    0.5
+}
 fn default_job_ttl_seconds() -> u64 {
     3_600
 }
@@ -432,6 +441,7 @@ impl Default for ServerConfig {
             max_queue_depth: default_max_queue_depth(),
             workers: default_workers(),
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
+            unready_delay_seconds: default_unready_delay_seconds(),
             job_ttl_seconds: default_job_ttl_seconds(),
             max_jobs: default_max_jobs(),
             cors_allow_origins: Vec::new(),

@@ -21,7 +21,7 @@ pub async fn get_job<P: InferencePipeline>(
         .jobs
         .get(id)
         .map(Json)
-        .ok_or_else(|| ApiError::JobNotFound(job_id))
+        .ok_or(ApiError::JobNotFound(job_id))
 }
 
 fn truncate(text: &str) -> String {

@@ -1,0 +1,224 @@
+//! Starting real servers for tests and talking to them. Setup failures
+//! panic with a message: this is test support.
+#![allow(clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modalkit_core::Settings;
+use modalkit_core::settings::ConfigSources;
+use modalkit_queue::{InMemoryQueue, QueueBackend};
+use modalkit_server::{Server, ServerOptions, Stopped};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::pipeline::EchoPipeline;
+
+/// A yaml config for one echo model named `model`, with `extra` lines
+/// appended under `app_settings` (indented by the caller).
+pub fn config_yaml(model: &str, app_extra: &str) -> String {
+    format!(
+        "app_settings:\n  app_prefix: e2e\n{app_extra}\nmodel_settings:\n  model_entries:\n    {model}: {{}}\n"
+    )
+}
+
+/// Loads settings from yaml text (through a real file).
+pub fn settings_from_yaml(yaml: &str) -> Settings {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("modalkit.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    Settings::load(&ConfigSources::files(vec![path])).expect("valid test config")
+}
+
+/// A server running in this process on 127.0.0.1 and a free port.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The in-memory queue results go to.
+    pub queue: Arc<InMemoryQueue>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Stopped>>,
+}
+
+impl TestServer {
+    /// Starts an echo server with these settings (port forced to 0).
+    pub async fn start(mut settings: Settings) -> TestServer {
+        settings.app_settings.server_config.host = "127.0.0.1".into();
+        settings.app_settings.server_config.port = 0;
+        let queue = Arc::new(InMemoryQueue::new(100_000));
+        let options = ServerOptions {
+            queue_backend: Some(Arc::clone(&queue) as Arc<dyn QueueBackend>),
+            ..Default::default()
+        };
+        let server = Server::<EchoPipeline>::build(settings, options)
+            .await
+            .expect("server builds");
+        let listener = server.bind().await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            server
+                .run(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server runs")
+        });
+        TestServer {
+            base_url: format!("http://{address}"),
+            queue,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// The URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Requests a graceful shutdown and waits for it.
+    pub async fn shutdown(mut self) -> Stopped {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.handle.take() {
+            Some(handle) => handle.await.expect("server task"),
+            None => Stopped::Clean,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A server binary running as its own process.
+pub struct ServerProcess {
+    /// The child.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// Its captured log file.
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `binary` with `config` on a free port and waits until `/health`
+    /// answers. `env` adds variables.
+    pub fn spawn(
+        binary: &Path,
+        config: &Path,
+        env: &[(&str, String)],
+        log: PathBuf,
+    ) -> ServerProcess {
+        let port = free_port();
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(binary);
+        command
+            .arg("--config")
+            .arg(config)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdout(Stdio::from(log_file.try_clone().expect("log clone")))
+            .stderr(Stdio::from(log_file))
+            .env("RUST_LOG", "info");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn server");
+        let process = ServerProcess {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        process.wait_until_up(Duration::from_secs(60));
+        process
+    }
+
+    fn wait_until_up(&self, limit: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if std::net::TcpStream::connect(self.base_url.trim_start_matches("http://")).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "server did not start; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, `KILL`) with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit (at most `limit`) and returns its code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = self.child.kill();
+        panic!(
+            "server did not exit within {limit:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A plain HTTP client with a generous timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// POSTs JSON and returns (status, body as JSON).
+pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
