@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use garde::Validate;
-use modalkit_core::{Batcher, BatcherConfig, InferencePipeline, ItemResult, ModelContext, PipelineError};
+use modalkit_core::{
+    Batcher, BatcherConfig, InferencePipeline, ItemResult, ModelContext, PipelineError,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +50,12 @@ impl InferencePipeline for Noop {
     }
 }
 
-fn run_items(runtime: &tokio::runtime::Runtime, batcher: &Arc<Batcher<Noop>>, submitters: u64, items: u64) -> Duration {
+fn run_items(
+    runtime: &tokio::runtime::Runtime,
+    batcher: &Arc<Batcher<Noop>>,
+    submitters: u64,
+    items: u64,
+) -> Duration {
     let per_submitter = items.div_ceil(submitters);
     runtime.block_on(async {
         let started = Instant::now();
@@ -58,7 +65,11 @@ fn run_items(runtime: &tokio::runtime::Runtime, batcher: &Arc<Batcher<Noop>>, su
                 tokio::spawn(async move {
                     for i in 0..per_submitter {
                         let id = s * per_submitter + i;
-                        let echo = batcher.submit(Item { id }).expect("admitted").await.expect("computed");
+                        let echo = batcher
+                            .submit(Item { id })
+                            .expect("admitted")
+                            .await
+                            .expect("computed");
                         assert_eq!(echo.id, id);
                     }
                 })
@@ -72,9 +83,15 @@ fn run_items(runtime: &tokio::runtime::Runtime, batcher: &Arc<Batcher<Noop>>, su
 }
 
 fn batcher_overhead(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("batcher_overhead_per_item");
-    group.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1)).sample_size(20);
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20);
     for max_batch_size in [1usize, 32] {
         for submitters in [1u64, 64] {
             let config = BatcherConfig {
@@ -84,14 +101,23 @@ fn batcher_overhead(c: &mut Criterion) {
                 ..BatcherConfig::default()
             };
             let batcher = Arc::new(
-                Batcher::<Noop>::start("bench", config, |_| ModelContext::for_test("bench", serde_json::Value::Null))
-                    .expect("batcher starts"),
+                Batcher::<Noop>::start("bench", config, |_| {
+                    ModelContext::for_test("bench", serde_json::Value::Null)
+                })
+                .expect("batcher starts"),
             );
             let items = 2_048u64;
             group.throughput(Throughput::Elements(items));
-            let id = BenchmarkId::new(format!("batch{max_batch_size}"), format!("{submitters}_submitters"));
+            let id = BenchmarkId::new(
+                format!("batch{max_batch_size}"),
+                format!("{submitters}_submitters"),
+            );
             group.bench_with_input(id, &submitters, |b, &submitters| {
-                b.iter_custom(|iterations| (0..iterations).map(|_| run_items(&runtime, &batcher, submitters, items)).sum());
+                b.iter_custom(|iterations| {
+                    (0..iterations)
+                        .map(|_| run_items(&runtime, &batcher, submitters, items))
+                        .sum()
+                });
             });
         }
     }

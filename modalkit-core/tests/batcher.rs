@@ -2,6 +2,7 @@
 //! batch formation, continuous batching, backpressure, deadlines and
 //! cancellation, failure isolation, the fatal path, volume reloads and
 //! results reaching the right caller under concurrency.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

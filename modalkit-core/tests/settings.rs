@@ -1,5 +1,6 @@
 //! Settings: sources and their order, env nesting, modalkit's full schema,
 //! and bad configs failing with the field path and where the value came from.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 

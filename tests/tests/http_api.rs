@@ -1,6 +1,7 @@
 //! The HTTP API end to end: a real server on 127.0.0.1 and a real client.
 //! Happy paths of every endpoint, bad requests with their exact 4xx and
 //! JSON error, overload, deadlines, auth and metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

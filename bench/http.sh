@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# HTTP benchmark on loopback, in one go: a bare axum handler returning a
+# constant JSON (the ceiling), then the modalkit-rs server with a no-op
+# pipeline, each at concurrency 1 and 64. Prints requests/s, p50, p99 and
+# the ratio to the ceiling; writes the table to bench/out/http.md.
+#
+# Usage: bench/http.sh            (DURATION=10 seconds per run by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CEILING_PORT=8100
+SERVER_PORT=8101
+OUT=bench/out
+mkdir -p "$OUT"
+
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk" >&2
+  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+fi
+
+cargo build --release --locked -q -p modalkit-examples --bin noop --bin http-ceiling
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+target/release/http-ceiling "$CEILING_PORT" & pids+=($!)
+RUST_LOG=warn target/release/noop --config config/noop.yaml --host 127.0.0.1 --port "$SERVER_PORT" & pids+=($!)
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2; exit 1
+}
+wait_port "$CEILING_PORT"; wait_port "$SERVER_PORT"
+
+lua=$(mktemp --suffix=.lua)
+cat > "$lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"value": 1}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+# run PORT CONCURRENCY -> "rps p50_ms p99_ms"
+run() {
+  local out
+  out=$(wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$lua" "http://127.0.0.1:$1/predict_sync")
+  if echo "$out" | grep -q "Non-2xx"; then echo "non-2xx responses:" >&2; echo "$out" >&2; exit 1; fi
+  local rps p50 p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+to_ms() { # wrk prints 1.23us / 4.56ms / 1.2s
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+# Warm both up.
+wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$CEILING_PORT/predict_sync" >/dev/null
+wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$SERVER_PORT/predict_sync" >/dev/null
+
+{
+  echo "| case | concurrency | requests/s | p50 ms | p99 ms | vs ceiling |"
+  echo "|---|---|---|---|---|---|"
+  for c in 1 64; do
+    read -r c_rps c_p50 c_p99 < <(run "$CEILING_PORT" "$c")
+    read -r s_rps s_p50 s_p99 < <(run "$SERVER_PORT" "$c")
+    ratio=$(awk -v a="$s_rps" -v b="$c_rps" 'BEGIN { printf "%.0f%%", 100 * a / b }')
+    echo "| bare axum (ceiling) | $c | $c_rps | $c_p50 | $c_p99 | 100% |"
+    echo "| modalkit-rs, no-op pipeline | $c | $s_rps | $s_p50 | $s_p99 | $ratio |"
+  done
+} | tee "$OUT/http.md"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per run, wrk -t1" | tee -a "$OUT/http.md"

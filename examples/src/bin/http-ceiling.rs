@@ -1,0 +1,20 @@
+//! The HTTP benchmark's ceiling: a bare axum handler that parses the same
+//! JSON body and returns a constant JSON reply, with no framework around it.
+//! `http-ceiling PORT`.
+
+use axum::Json;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let port = std::env::args().nth(1).unwrap_or_else(|| "8100".to_owned());
+    let app = axum::Router::new().route(
+        "/predict_sync",
+        post(|Json(_body): Json<Value>| async {
+            Json(json!({"status": "success", "error": null, "meta": {}, "value": 1}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
+    axum::serve(listener, app).await
+}
