@@ -1,4 +1,4 @@
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::expect_used)]
 //! The batcher's own cost per item, with a pipeline that does nothing:
 //! `cargo bench -p modalkit-core --bench batcher`.
 //!
