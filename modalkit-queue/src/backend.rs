@@ -32,4 +32,17 @@ pub trait QueueBackend: Send + Sync + 'static {
 
     /// Sends one message (a JSON document) to the named queue.
     async fn send_message(&self, queue: &str, message: &str) -> Result<(), QueueError>;
+
+    /// Sends a message with an id that stays the same across retries of one
+    /// result, for backends that deduplicate (SQS FIFO). By default the id
+    /// is ignored.
+    async fn send_message_with_id(
+        &self,
+        queue: &str,
+        message: &str,
+        id: &str,
+    ) -> Result<(), QueueError> {
+        let _ = id;
+        self.send_message(queue, message).await
+    }
 }

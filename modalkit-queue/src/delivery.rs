@@ -175,10 +175,11 @@ impl Delivery {
     /// the message ended.
     pub async fn deliver(&self, queue: &str, message: &str) -> Outcome {
         let started = Instant::now();
+        let id = uuid::Uuid::new_v4().simple().to_string();
         let mut attempt = 0;
         let last_error = loop {
             attempt += 1;
-            let error = match self.backend.send_message(queue, message).await {
+            let error = match self.backend.send_message_with_id(queue, message, &id).await {
                 Ok(()) => {
                     self.sent.increment(1);
                     return Outcome::Delivered;

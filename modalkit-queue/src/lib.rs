@@ -7,13 +7,19 @@
 //! [`BackendRegistry`] (`memory` built in) or injected as instances.
 
 pub mod backend;
+pub mod consumer;
 pub mod delivery;
 pub mod error;
 pub mod memory;
+pub mod outcome;
 pub mod registry;
+pub mod sqs;
 
 pub use backend::QueueBackend;
+pub use consumer::{ConsumerConfig, InputConsumer};
 pub use delivery::{DeadLetterFile, Delivery, RetryPolicy};
 pub use error::QueueError;
 pub use memory::InMemoryQueue;
+pub use outcome::{ItemOutcome, deliver_outcome};
 pub use registry::BackendRegistry;
+pub use sqs::{SqsOptions, SqsQueue};

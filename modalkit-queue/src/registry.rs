@@ -17,7 +17,7 @@ pub type BackendFuture =
 
 type Factory = Arc<dyn Fn(QueueConfig) -> BackendFuture + Send + Sync>;
 
-/// Named backend factories. `memory` is registered by default.
+/// Named backend factories. `memory` and `sqs` are registered by default.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -44,6 +44,12 @@ impl BackendRegistry {
         let mut registry = Self::empty();
         registry.register("memory", |_config| async {
             Ok(Arc::new(InMemoryQueue::default()) as Arc<dyn QueueBackend>)
+        });
+        registry.register("sqs", |config: QueueConfig| async move {
+            let options = crate::sqs::SqsOptions {
+                endpoint_url: config.broker_url,
+            };
+            Ok(Arc::new(crate::sqs::SqsQueue::connect(options).await) as Arc<dyn QueueBackend>)
         });
         registry
     }

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use modalkit_core::batcher::BatcherState;
 use modalkit_core::{Batcher, BatcherConfig, InferencePipeline, ModelContext, Settings};
-use modalkit_queue::{BackendRegistry, DeadLetterFile, Delivery, QueueBackend, RetryPolicy};
+use modalkit_queue::{
+    BackendRegistry, ConsumerConfig, DeadLetterFile, Delivery, InputConsumer, QueueBackend,
+    RetryPolicy, SqsOptions, SqsQueue,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -66,8 +69,19 @@ pub struct ServerOptions {
     pub queue_backend: Option<Arc<dyn QueueBackend>>,
     /// Backends selectable by name; default: the built-in ones.
     pub registry: Option<BackendRegistry>,
-    /// An API key to use instead of `auth_config.api_key` (e.g. read from SSM).
+    /// An API key to use instead of `auth_config.api_key` / `ssm_key`.
     pub api_key: Option<String>,
+    /// The AWS configuration for SQS and SSM; default: the standard chain
+    /// (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`), with
+    /// `queue_config.broker_url` as the SQS endpoint when set.
+    pub aws_config: Option<aws_config::SdkConfig>,
+}
+
+/// The input consumer to start when serving.
+struct ConsumerPlan {
+    sqs: Arc<SqsQueue>,
+    model: String,
+    config: ConsumerConfig,
 }
 
 /// A server ready to run.
@@ -75,6 +89,7 @@ pub struct Server<P: InferencePipeline> {
     state: Arc<AppState<P>>,
     settings: Settings,
     api_key: Option<ApiKey>,
+    consumer: Option<ConsumerPlan>,
 }
 
 impl<P: InferencePipeline> Server<P> {
@@ -82,13 +97,32 @@ impl<P: InferencePipeline> Server<P> {
     pub async fn build(settings: Settings, options: ServerOptions) -> Result<Self, ServerError> {
         let app = &settings.app_settings;
         let server_config = &app.server_config;
-        let backend = match options.queue_backend {
+        let queue_config = &app.queue_config;
+        let sqs_for = |aws: &Option<aws_config::SdkConfig>| {
+            let aws = aws.clone();
+            let endpoint = queue_config.broker_url.clone();
+            async move {
+                match aws {
+                    Some(config) => SqsQueue::from_config(&config),
+                    None => {
+                        SqsQueue::connect(SqsOptions {
+                            endpoint_url: endpoint,
+                        })
+                        .await
+                    }
+                }
+            }
+        };
+        let backend: Arc<dyn QueueBackend> = match options.queue_backend {
             Some(backend) => backend,
+            None if queue_config.backend == "sqs" && options.aws_config.is_some() => {
+                Arc::new(sqs_for(&options.aws_config).await)
+            }
             None => {
                 options
                     .registry
                     .unwrap_or_default()
-                    .build(&app.queue_config)
+                    .build(queue_config)
                     .await?
             }
         };
@@ -97,7 +131,16 @@ impl<P: InferencePipeline> Server<P> {
             RetryPolicy::from_config(&app.queue_config),
             DeadLetterFile::new(&app.queue_config.dead_letter_path),
         ));
-        let api_key = match options.api_key.or_else(|| app.auth_config.api_key.clone()) {
+        let mut key = options.api_key.or_else(|| app.auth_config.api_key.clone());
+        if let (None, Some(parameter)) = (&key, &app.auth_config.ssm_key) {
+            let aws = match &options.aws_config {
+                Some(config) => config.clone(),
+                None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+            };
+            key = Some(crate::ssm::api_key_from_ssm(&aws, parameter).await?);
+            tracing::info!(parameter = %parameter, "API key read from SSM");
+        }
+        let api_key = match key {
             Some(key) => Some(
                 ApiKey::new(&app.auth_config.auth_header, &key)
                     .map_err(modalkit_core::Error::config)?,
@@ -125,6 +168,39 @@ impl<P: InferencePipeline> Server<P> {
             models.insert(name.clone(), Arc::new(batcher));
         }
         let model_names: Vec<String> = models.keys().cloned().collect();
+        let consumer = match &queue_config.input_queue {
+            None => None,
+            Some(queue_name) => {
+                let model = match &queue_config.input_model {
+                    Some(model) if models.contains_key(model) => model.clone(),
+                    Some(model) => {
+                        return Err(modalkit_core::Error::config(format!(
+                            "app_settings.queue_config.input_model: '{model}' is not in model_settings.model_entries"
+                        ))
+                        .into());
+                    }
+                    None if model_names.len() == 1 => model_names[0].clone(),
+                    None => {
+                        return Err(modalkit_core::Error::config(
+                            "app_settings.queue_config.input_model: required when several models are served",
+                        )
+                        .into());
+                    }
+                };
+                Some(ConsumerPlan {
+                    sqs: Arc::new(sqs_for(&options.aws_config).await),
+                    model,
+                    config: ConsumerConfig {
+                        queue_name: queue_name.clone(),
+                        max_messages: queue_config.input_max_messages as i32,
+                        wait_seconds: queue_config.input_wait_seconds as i32,
+                        visibility_seconds: queue_config.input_visibility_timeout_seconds as i32,
+                        max_in_flight: queue_config.input_max_in_flight,
+                        item_timeout: Duration::from_secs_f64(server_config.async_timeout_seconds),
+                    },
+                })
+            }
+        };
         let device = settings
             .model_settings
             .common
@@ -161,6 +237,7 @@ impl<P: InferencePipeline> Server<P> {
             state,
             settings,
             api_key,
+            consumer,
         })
     }
 
@@ -215,12 +292,29 @@ impl<P: InferencePipeline> Server<P> {
             }
         });
 
+        let consumer = match &self.consumer {
+            Some(plan) => {
+                let batcher = Arc::clone(&state.models[&plan.model]);
+                let consumer = InputConsumer::start(
+                    Arc::clone(&plan.sqs),
+                    batcher,
+                    Arc::clone(&state.delivery),
+                    plan.config.clone(),
+                )
+                .await?;
+                Some(consumer)
+            }
+            None => None,
+        };
         let reload_state = Arc::clone(&state);
         let reloads = tokio::spawn(reload_on_sighup(reload_state));
         let stopped = wait_for_stop(&state, shutdown).await;
         let unready_since = tokio::time::Instant::now();
         reloads.abort();
-        drain(&state, grace).await;
+        if let Some(consumer) = &consumer {
+            consumer.stop_polling();
+        }
+        drain(&state, consumer.as_ref(), grace).await;
         tokio::time::sleep_until(unready_since + unready_delay).await;
         let _ = stop_http.send(true);
         if tokio::time::timeout(Duration::from_secs(5), http)
@@ -268,7 +362,11 @@ async fn wait_for_stop<P: InferencePipeline>(
 /// The drain: stop intake, let queued work and async deliveries finish
 /// within `grace`; past it, fail what is still queued (async jobs then send
 /// their failure or dead-letter it) and stop retrying deliveries.
-async fn drain<P: InferencePipeline>(state: &AppState<P>, grace: Duration) {
+async fn drain<P: InferencePipeline>(
+    state: &AppState<P>,
+    consumer: Option<&InputConsumer>,
+    grace: Duration,
+) {
     let started = Instant::now();
     state.shutting_down.store(true, Ordering::SeqCst);
     for batcher in state.models.values() {
@@ -280,6 +378,9 @@ async fn drain<P: InferencePipeline>(state: &AppState<P>, grace: Duration) {
     if tokio::time::timeout_at(deadline, async {
         workers_done.await;
         state.async_jobs.wait().await;
+        if let Some(consumer) = consumer {
+            consumer.wait().await;
+        }
     })
     .await
     .is_err()
@@ -296,6 +397,9 @@ async fn drain<P: InferencePipeline>(state: &AppState<P>, grace: Duration) {
         );
         state.delivery.drain(Duration::ZERO).await;
         state.async_jobs.wait().await;
+        if let Some(consumer) = consumer {
+            consumer.wait().await;
+        }
     }
     tracing::info!(elapsed = ?started.elapsed(), "drained");
 }

@@ -2,5 +2,6 @@
 //! helpers that start real servers (in this process on port 0, or as a
 //! separate process) and talk to them with a real HTTP client.
 
+pub mod moto;
 pub mod pipeline;
 pub mod support;

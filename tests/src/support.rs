@@ -44,15 +44,22 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts an echo server with these settings (port forced to 0).
-    pub async fn start(mut settings: Settings) -> TestServer {
+    /// Starts an echo server with these settings (port forced to 0);
+    /// results go to [`TestServer::queue`].
+    pub async fn start(settings: Settings) -> TestServer {
+        Self::start_with(settings, ServerOptions::default()).await
+    }
+
+    /// Starts an echo server with options; when they name no backend and the
+    /// config's is `memory`, results go to [`TestServer::queue`].
+    pub async fn start_with(mut settings: Settings, mut options: ServerOptions) -> TestServer {
         settings.app_settings.server_config.host = "127.0.0.1".into();
         settings.app_settings.server_config.port = 0;
         let queue = Arc::new(InMemoryQueue::new(100_000));
-        let options = ServerOptions {
-            queue_backend: Some(Arc::clone(&queue) as Arc<dyn QueueBackend>),
-            ..Default::default()
-        };
+        if options.queue_backend.is_none() && settings.app_settings.queue_config.backend == "memory"
+        {
+            options.queue_backend = Some(Arc::clone(&queue) as Arc<dyn QueueBackend>);
+        }
         let server = Server::<EchoPipeline>::build(settings, options)
             .await
             .expect("server builds");

@@ -297,6 +297,43 @@ pub struct QueueConfig {
     #[serde(default = "default_dead_letter_path")]
     #[garde(length(min = 1))]
     pub dead_letter_path: String,
+    /// An SQS queue to consume `AsyncInput` messages from; none: no consumer.
+    #[serde(default)]
+    #[garde(inner(length(min = 1, max = 80)))]
+    pub input_queue: Option<String>,
+    /// The model consumed messages run on (optional when one model is served).
+    #[serde(default)]
+    #[garde(skip)]
+    pub input_model: Option<String>,
+    /// How long a received message stays hidden; extended while it is processed.
+    #[serde(default = "default_input_visibility_timeout_seconds")]
+    #[garde(range(min = 2, max = 43_200))]
+    pub input_visibility_timeout_seconds: u32,
+    /// Messages per receive call (1..=10).
+    #[serde(default = "default_input_max_messages")]
+    #[garde(range(min = 1, max = 10))]
+    pub input_max_messages: u32,
+    /// Long-poll wait per receive call (0..=20 s).
+    #[serde(default = "default_input_wait_seconds")]
+    #[garde(range(max = 20))]
+    pub input_wait_seconds: u32,
+    /// Most consumed messages being processed at once by this process.
+    #[serde(default = "default_input_max_in_flight")]
+    #[garde(range(min = 1, max = 100_000))]
+    pub input_max_in_flight: usize,
+}
+
+fn default_input_visibility_timeout_seconds() -> u32 {
+    30
+}
+fn default_input_max_messages() -> u32 {
+    10
+}
+fn default_input_wait_seconds() -> u32 {
+    20
+}
+fn default_input_max_in_flight() -> usize {
+    64
 }
 
 fn default_backend() -> String {
@@ -328,6 +365,12 @@ impl Default for QueueConfig {
             max_backoff_ms: default_max_backoff_ms(),
             max_delivery_seconds: default_max_delivery_seconds(),
             dead_letter_path: default_dead_letter_path(),
+            input_queue: None,
+            input_model: None,
+            input_visibility_timeout_seconds: default_input_visibility_timeout_seconds(),
+            input_max_messages: default_input_max_messages(),
+            input_wait_seconds: default_input_wait_seconds(),
+            input_max_in_flight: default_input_max_in_flight(),
         }
     }
 }

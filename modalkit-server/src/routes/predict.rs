@@ -7,9 +7,9 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::StatusCode;
-use modalkit_core::wire::{AsyncInput, AsyncOutput, DelayedFailure, InferenceOutput, Meta};
+use modalkit_core::wire::{AsyncInput, AsyncOutput, InferenceOutput, Meta};
 use modalkit_core::{Batcher, Error, InferencePipeline, SubmitOptions, Ticket};
-use modalkit_queue::Delivery;
+use modalkit_queue::{Delivery, ItemOutcome, deliver_outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -177,37 +177,11 @@ impl AsyncJob {
     /// Waits for the item, delivers success or failure to the named queue
     /// (if any), then records the final state.
     pub async fn finish<O: serde::Serialize>(self, ticket: Ticket<O>) {
-        let AsyncInput {
-            message,
-            success_queue,
-            failure_queue,
-            meta,
-        } = self.envelope;
-        let result = ticket.await.and_then(|output| {
-            serde_json::to_value(InferenceOutput::success(output, meta.clone()))
-                .map_err(|err| Error::Pipeline(format!("output could not be serialized: {err}")))
-        });
-        match result {
-            Ok(output) => {
-                if !success_queue.is_empty() {
-                    self.delivery
-                        .deliver(&success_queue, &output.to_string())
-                        .await;
-                }
-                self.jobs.set(self.id, JobState::Succeeded { output });
-            }
-            Err(err) => {
-                let error = match err {
-                    Error::Item(message) => message,
-                    other => other.to_string(),
-                };
-                if !failure_queue.is_empty() {
-                    let failure = DelayedFailure::new(error.clone(), meta, message);
-                    let text = serde_json::to_string(&failure).unwrap_or_default();
-                    self.delivery.deliver(&failure_queue, &text).await;
-                }
-                self.jobs.set(self.id, JobState::Failed { error });
-            }
-        }
+        let result = ticket.await;
+        let state = match deliver_outcome(&self.delivery, self.envelope, result).await {
+            ItemOutcome::Succeeded(output) => JobState::Succeeded { output },
+            ItemOutcome::Failed(error) => JobState::Failed { error },
+        };
+        self.jobs.set(self.id, state);
     }
 }
