@@ -12,7 +12,6 @@ use modalkit_core::settings::QueueConfig;
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::backend::QueueBackend;
 use crate::error::QueueError;
@@ -123,7 +122,6 @@ pub struct Delivery {
     backend: Arc<dyn QueueBackend>,
     policy: RetryPolicy,
     dead_letters: DeadLetterFile,
-    tracker: TaskTracker,
     give_up: CancellationToken,
     sent: metrics::Counter,
     retried: metrics::Counter,
@@ -148,7 +146,6 @@ impl Delivery {
             backend,
             policy,
             dead_letters,
-            tracker: TaskTracker::new(),
             give_up: CancellationToken::new(),
         }
     }
@@ -163,13 +160,6 @@ impl Delivery {
         &self.dead_letters
     }
 
-    /// Delivers in the background; [`drain`](Self::drain) waits for it.
-    pub fn spawn(self: &Arc<Self>, queue: String, message: String) {
-        let this = Arc::clone(self);
-        self.tracker
-            .spawn(async move { this.deliver(&queue, &message).await });
-    }
-
     /// Delivers one message: retries while the error is retryable and the
     /// policy allows, then dead-letters. Never fails: the outcome says where
     /// the message ended.
@@ -179,7 +169,21 @@ impl Delivery {
         let mut attempt = 0;
         let last_error = loop {
             attempt += 1;
-            let error = match self.backend.send_message_with_id(queue, message, &id).await {
+            let send = self.backend.send_message_with_id(queue, message, &id);
+            let sent = if self.give_up.is_cancelled() {
+                // After giving up, each delivery still makes its one attempt.
+                send.await
+            } else {
+                tokio::select! {
+                    biased;
+                    sent = send => sent,
+                    () = self.give_up.cancelled() => Err(QueueError::Unavailable {
+                        queue: queue.to_owned(),
+                        message: "delivery abandoned at shutdown".to_owned(),
+                    }),
+                }
+            };
+            let error = match sent {
                 Ok(()) => {
                     self.sent.increment(1);
                     return Outcome::Delivered;
@@ -215,25 +219,10 @@ impl Delivery {
         Outcome::DeadLettered
     }
 
-    /// Waits up to `grace` for pending deliveries, then makes the rest stop
-    /// retrying and dead-letter at once. Returns when every delivery ended.
-    pub async fn drain(&self, grace: Duration) {
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                pending = self.tracker.len(),
-                "grace period over: dead-lettering pending results"
-            );
-            self.give_up.cancel();
-            self.tracker.wait().await;
-        }
-    }
-
-    /// Deliveries under way.
-    pub fn pending(&self) -> usize {
-        self.tracker.len()
+    /// Makes every delivery under way stop retrying (and abandon a send in
+    /// flight) and dead-letter at once; used when a shutdown's grace period
+    /// is over. Deliveries started afterwards make one attempt each.
+    pub fn give_up(&self) {
+        self.give_up.cancel();
     }
 }

@@ -395,7 +395,7 @@ async fn drain<P: InferencePipeline>(
             pending_jobs = state.async_jobs.len(),
             "grace period over"
         );
-        state.delivery.drain(Duration::ZERO).await;
+        state.delivery.give_up();
         state.async_jobs.wait().await;
         if let Some(consumer) = consumer {
             consumer.wait().await;
