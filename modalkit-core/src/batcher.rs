@@ -107,6 +107,7 @@ pub struct Batcher<P: InferencePipeline> {
     reload_timer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     state: watch::Receiver<BatcherState>,
     submitted: AtomicU64,
+    device: String,
 }
 
 impl<P: InferencePipeline> Batcher<P> {
@@ -120,7 +121,7 @@ impl<P: InferencePipeline> Batcher<P> {
     ) -> Result<Self> {
         let (state_tx, state_rx) = watch::channel(BatcherState::Serving);
         let shared = Arc::new(intake::Shared::new(model, config.clone(), state_tx));
-        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<()>>();
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<String>>();
         let mut workers = Vec::new();
         for index in 0..config.workers.max(1) {
             let ctx = context_for(index);
@@ -137,9 +138,10 @@ impl<P: InferencePipeline> Batcher<P> {
         }
         drop(loaded_tx);
         let mut failure = None;
+        let mut device = String::new();
         for _ in 0..workers.len() {
             match loaded_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(loaded_on)) => device = loaded_on,
                 Ok(Err(err)) => failure = failure.or(Some(err)),
                 Err(_) => {
                     failure = failure.or(Some(Error::Load {
@@ -156,6 +158,7 @@ impl<P: InferencePipeline> Batcher<P> {
             reload_timer: Mutex::new(None),
             state: state_rx,
             submitted: AtomicU64::new(0),
+            device,
         };
         if let Some(err) = failure {
             batcher.close();
@@ -171,6 +174,11 @@ impl<P: InferencePipeline> Batcher<P> {
     /// The model this batcher serves.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// The device the pipelines loaded on (as they report it).
+    pub fn device(&self) -> &str {
+        &self.device
     }
 
     /// The batcher's configuration.

@@ -26,6 +26,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The configured device cannot be used.
+    #[error("device '{requested}' cannot be used: {reason}")]
+    Device {
+        /// What the config asked for.
+        requested: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
     /// A pipeline failed to load.
     #[error("model '{model}' failed to load: {message}")]
     Load {

@@ -10,6 +10,7 @@
 
 pub mod batcher;
 pub mod context;
+pub mod device;
 pub mod error;
 pub mod fatal;
 pub mod pipeline;

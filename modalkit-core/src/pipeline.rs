@@ -121,6 +121,12 @@ pub trait InferencePipeline: Send + Sync + Sized + 'static {
         predicted: Self::Predicted,
     ) -> Vec<ItemResult<Self::Output>>;
 
+    /// The device this instance computes on (`cpu`, `cuda:0`), shown by
+    /// `/ready`. Default: `cpu`.
+    fn device(&self) -> String {
+        "cpu".to_owned()
+    }
+
     /// Called when the model volume was reloaded; never runs concurrently
     /// with a batch. Its error is logged and serving goes on.
     fn on_volume_reload(&self) -> Result<(), PipelineError> {

@@ -578,3 +578,22 @@ async fn results_reach_their_callers_under_many_concurrent_submitters() {
         "items were batched"
     );
 }
+
+#[test]
+fn candle_cuda_errors_and_cuda_texts_are_fatal_other_errors_are_not() {
+    let cuda = candle_core::Error::Cuda(Box::new(std::io::Error::other(
+        "an illegal memory access was encountered",
+    )));
+    assert!(
+        PipelineError::from(cuda).is_fatal(),
+        "candle's Error::Cuda is fatal by type"
+    );
+    assert!(
+        PipelineError::msg("CUDA error: out of memory").is_fatal(),
+        "CUDA driver text is fatal"
+    );
+    assert!(PipelineError::fatal("explicit").is_fatal());
+    assert!(!PipelineError::msg("shape mismatch in matmul").is_fatal());
+    let shape = candle_core::Error::Msg("shape mismatch".into());
+    assert!(!PipelineError::from(shape).is_fatal());
+}

@@ -166,7 +166,7 @@ impl From<modalkit_core::Error> for ApiError {
             E::DeadlineExceeded => ApiError::DeadlineExceeded(0.0),
             E::Pipeline(message) => ApiError::Pipeline(message),
             E::Item(message) => ApiError::Pipeline(message),
-            E::Config(_) | E::ModelEntry { .. } | E::Load { .. } => {
+            E::Config(_) | E::ModelEntry { .. } | E::Load { .. } | E::Device { .. } => {
                 ApiError::Internal(error.to_string())
             }
         }

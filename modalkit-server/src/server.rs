@@ -201,13 +201,6 @@ impl<P: InferencePipeline> Server<P> {
                 })
             }
         };
-        let device = settings
-            .model_settings
-            .common
-            .get("device")
-            .and_then(|d| d.as_str())
-            .unwrap_or("cpu")
-            .to_owned();
         let openapi = crate::openapi::document::<P>(
             &modalkit_core::settings::app_name(&settings, None),
             &model_names,
@@ -228,7 +221,6 @@ impl<P: InferencePipeline> Server<P> {
                 async_timeout: Duration::from_secs_f64(server_config.async_timeout_seconds),
             },
             shutting_down: Default::default(),
-            device,
             openapi: serde_json::to_vec_pretty(&openapi)
                 .unwrap_or_default()
                 .into(),

@@ -43,8 +43,6 @@ pub struct AppState<P: InferencePipeline> {
     pub limits: Limits,
     /// Set when shutdown begins.
     pub shutting_down: AtomicBool,
-    /// The compute device in use, for `/ready`.
-    pub device: String,
     /// The OpenAPI document, rendered once.
     pub openapi: Bytes,
 }

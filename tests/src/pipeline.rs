@@ -17,8 +17,10 @@ pub enum Failure {
     Batch,
     /// Predict panics.
     Panic,
-    /// Predict returns a CUDA driver error (fatal).
+    /// Predict returns candle's `Error::Cuda` (fatal by type).
     Fatal,
+    /// Predict returns an error whose text carries "CUDA error" (fatal by text).
+    FatalText,
 }
 
 /// The test input.

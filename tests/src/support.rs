@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modalkit_core::Settings;
 use modalkit_core::settings::ConfigSources;
+use modalkit_core::{InferencePipeline, Settings};
 use modalkit_queue::{InMemoryQueue, QueueBackend};
 use modalkit_server::{Server, ServerOptions, Stopped};
 use serde_json::Value;
@@ -52,7 +52,15 @@ impl TestServer {
 
     /// Starts an echo server with options; when they name no backend and the
     /// config's is `memory`, results go to [`TestServer::queue`].
-    pub async fn start_with(mut settings: Settings, mut options: ServerOptions) -> TestServer {
+    pub async fn start_with(settings: Settings, options: ServerOptions) -> TestServer {
+        Self::start_pipeline::<EchoPipeline>(settings, options).await
+    }
+
+    /// Starts a server of pipeline `P`.
+    pub async fn start_pipeline<P: InferencePipeline>(
+        mut settings: Settings,
+        mut options: ServerOptions,
+    ) -> TestServer {
         settings.app_settings.server_config.host = "127.0.0.1".into();
         settings.app_settings.server_config.port = 0;
         let queue = Arc::new(InMemoryQueue::new(100_000));
@@ -60,7 +68,7 @@ impl TestServer {
         {
             options.queue_backend = Some(Arc::clone(&queue) as Arc<dyn QueueBackend>);
         }
-        let server = Server::<EchoPipeline>::build(settings, options)
+        let server = Server::<P>::build(settings, options)
             .await
             .expect("server builds");
         let listener = server.bind().await.expect("bind");

@@ -817,7 +817,10 @@ async fn overload_returns_503_with_retry_after_while_admitted_requests_succeed()
         }
     }
     assert!(refused > 0, "the queue never filled");
-    assert!(ok >= 4, "at least a full queue (4) was admitted and succeeded ({ok})");
+    assert!(
+        ok >= 4,
+        "at least a full queue (4) was admitted and succeeded ({ok})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

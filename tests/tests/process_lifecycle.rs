@@ -1,7 +1,8 @@
 //! The server as a real process: SIGTERM under load drains (every accepted
 //! request answered, every accepted async job's result delivered, `/ready`
 //! 503 meanwhile, exit 0); SIGHUP reloads volumes; a fatal device error
-//! fails queued work, turns `/ready` 503 and exits with code 3.
+//! (candle's `Error::Cuda`) fails queued work, turns `/ready` 503 and exits
+//! with code 3.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};

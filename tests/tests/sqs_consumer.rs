@@ -29,7 +29,15 @@ fn config(dir: &Path, input_queue: &str, visibility: u32) -> PathBuf {
 }
 
 async fn create_queue(client: &aws_sdk_sqs::Client, name: &str) -> String {
-    client.create_queue().queue_name(name).send().await.unwrap().queue_url().unwrap().to_owned()
+    client
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned()
 }
 
 async fn send_bodies(client: &aws_sdk_sqs::Client, url: &str, bodies: &[String]) {
@@ -45,7 +53,13 @@ async fn send_bodies(client: &aws_sdk_sqs::Client, url: &str, bodies: &[String])
                     .unwrap()
             })
             .collect();
-        let sent = client.send_message_batch().queue_url(url).set_entries(Some(entries)).send().await.unwrap();
+        let sent = client
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
         assert!(sent.failed().is_empty(), "{:?}", sent.failed());
     }
 }
@@ -60,7 +74,11 @@ async fn messages_left(client: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
         .await
         .unwrap();
     let map = attributes.attributes().unwrap();
-    let get = |name: QueueAttributeName| map.get(&name).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+    let get = |name: QueueAttributeName| {
+        map.get(&name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
     (
         get(QueueAttributeName::ApproximateNumberOfMessages),
         get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
@@ -74,7 +92,10 @@ async fn wait_until_empty(client: &aws_sdk_sqs::Client, url: &str, limit: Durati
         if left == (0, 0) {
             return;
         }
-        assert!(started.elapsed() < limit, "messages left in the input queue: {left:?}");
+        assert!(
+            started.elapsed() < limit,
+            "messages left in the input queue: {left:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -95,19 +116,37 @@ async fn two_processes_consume_500_messages_and_leave_none_behind() {
     let (input, output) = (unique_queue("in"), unique_queue("out"));
     let input_url = create_queue(&client, &input).await;
     let bodies: Vec<String> = (0..500)
-        .map(|i| json!({"message": {"text": format!("c{i}"), "sleep_ms": 2}, "success_queue": output}).to_string())
+        .map(|i| {
+            json!({"message": {"text": format!("c{i}"), "sleep_ms": 2}, "success_queue": output})
+                .to_string()
+        })
         .collect();
     send_bodies(&client, &input_url, &bodies).await;
 
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &input, 30);
-    let a = ServerProcess::spawn(BINARY.as_ref(), &config, &moto.process_env(), dir.path().join("a.log"));
-    let b = ServerProcess::spawn(BINARY.as_ref(), &config, &moto.process_env(), dir.path().join("b.log"));
+    let a = ServerProcess::spawn(
+        BINARY.as_ref(),
+        &config,
+        &moto.process_env(),
+        dir.path().join("a.log"),
+    );
+    let b = ServerProcess::spawn(
+        BINARY.as_ref(),
+        &config,
+        &moto.process_env(),
+        dir.path().join("b.log"),
+    );
 
     let results = collect_messages(&client, &output, 500, Duration::from_secs(120)).await;
     let echoes: BTreeSet<String> = results
         .iter()
-        .map(|r| serde_json::from_str::<Value>(r).unwrap()["echo"].as_str().unwrap().to_owned())
+        .map(|r| {
+            serde_json::from_str::<Value>(r).unwrap()["echo"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     let expected: BTreeSet<String> = (0..500).map(|i| format!("C{i}")).collect();
     assert_eq!(echoes, expected, "500 results, none missing");
@@ -115,8 +154,18 @@ async fn two_processes_consume_500_messages_and_leave_none_behind() {
 
     let http = reqwest::Client::new();
     for server in [&a, &b] {
-        let metrics = http.get(format!("{}/metrics", server.base_url)).send().await.unwrap().text().await.unwrap();
-        assert!(batches_run(&metrics) > 0.0, "a process did no work; the queue was not shared");
+        let metrics = http
+            .get(format!("{}/metrics", server.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            batches_run(&metrics) > 0.0,
+            "a process did no work; the queue was not shared"
+        );
     }
 }
 
@@ -134,7 +183,12 @@ async fn malformed_messages_go_to_the_failure_queue_or_dead_letters_and_are_dele
     ];
     send_bodies(&client, &input_url, &bodies).await;
     let dir = tempfile::tempdir().unwrap();
-    let _server = ServerProcess::spawn(BINARY.as_ref(), &config(dir.path(), &input, 30), &moto.process_env(), dir.path().join("s.log"));
+    let _server = ServerProcess::spawn(
+        BINARY.as_ref(),
+        &config(dir.path(), &input, 30),
+        &moto.process_env(),
+        dir.path().join("s.log"),
+    );
 
     let failures = collect_messages(&client, &failed, 3, Duration::from_secs(60)).await;
     let mut cases: Vec<(String, String)> = failures
@@ -142,7 +196,10 @@ async fn malformed_messages_go_to_the_failure_queue_or_dead_letters_and_are_dele
         .map(|f| {
             let failure: Value = serde_json::from_str(f).unwrap();
             assert_eq!(failure["status"], "error");
-            (failure["meta"]["case"].as_str().unwrap().to_owned(), failure["error"].as_str().unwrap().to_owned())
+            (
+                failure["meta"]["case"].as_str().unwrap().to_owned(),
+                failure["error"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
     cases.sort();
@@ -162,7 +219,12 @@ async fn malformed_messages_go_to_the_failure_queue_or_dead_letters_and_are_dele
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let record: Value = serde_json::from_str(dead.lines().next().expect("the non-JSON body was dead-lettered")).unwrap();
+    let record: Value = serde_json::from_str(
+        dead.lines()
+            .next()
+            .expect("the non-JSON body was dead-lettered"),
+    )
+    .unwrap();
     assert_eq!(record["message"], "this is not JSON at all");
     assert_eq!(record["queue"], input.as_str());
     wait_until_empty(&client, &input_url, Duration::from_secs(30)).await;
@@ -176,28 +238,52 @@ async fn a_process_killed_mid_batch_leaves_its_messages_to_the_other() {
     let input_url = create_queue(&client, &input).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &input, 3);
-    let mut first = ServerProcess::spawn(BINARY.as_ref(), &config, &moto.process_env(), dir.path().join("first.log"));
+    let mut first = ServerProcess::spawn(
+        BINARY.as_ref(),
+        &config,
+        &moto.process_env(),
+        dir.path().join("first.log"),
+    );
 
     let bodies: Vec<String> = (0..8)
-        .map(|i| json!({"message": {"text": format!("k{i}"), "sleep_ms": 4000}, "success_queue": output}).to_string())
+        .map(|i| {
+            json!({"message": {"text": format!("k{i}"), "sleep_ms": 4000}, "success_queue": output})
+                .to_string()
+        })
         .collect();
     send_bodies(&client, &input_url, &bodies).await;
     // Wait until the first process holds every message (they are invisible).
     let started = Instant::now();
     while messages_left(&client, &input_url).await != (0, 8) {
-        assert!(started.elapsed() < Duration::from_secs(30), "the first process never took the messages");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the first process never took the messages"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await; // mid-batch: the 4 s predict is running
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(10));
 
-    let _second = ServerProcess::spawn(BINARY.as_ref(), &config, &moto.process_env(), dir.path().join("second.log"));
+    let _second = ServerProcess::spawn(
+        BINARY.as_ref(),
+        &config,
+        &moto.process_env(),
+        dir.path().join("second.log"),
+    );
     let results = collect_messages(&client, &output, 8, Duration::from_secs(90)).await;
     let echoes: BTreeSet<String> = results
         .iter()
-        .map(|r| serde_json::from_str::<Value>(r).unwrap()["echo"].as_str().unwrap().to_owned())
+        .map(|r| {
+            serde_json::from_str::<Value>(r).unwrap()["echo"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(echoes, (0..8).map(|i| format!("K{i}")).collect::<BTreeSet<_>>());
+    assert_eq!(
+        echoes,
+        (0..8).map(|i| format!("K{i}")).collect::<BTreeSet<_>>()
+    );
     wait_until_empty(&client, &input_url, Duration::from_secs(30)).await;
 }

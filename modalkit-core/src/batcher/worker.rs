@@ -20,7 +20,7 @@ type Reply<O> = oneshot::Sender<Result<O>>;
 pub(super) fn run<P: InferencePipeline>(
     shared: Arc<Shared<P>>,
     ctx: ModelContext,
-    loaded: mpsc::Sender<Result<()>>,
+    loaded: mpsc::Sender<Result<String>>,
 ) {
     let pipeline = match catch_unwind(|| P::load(&ctx)) {
         Ok(Ok(pipeline)) => pipeline,
@@ -39,7 +39,7 @@ pub(super) fn run<P: InferencePipeline>(
             return;
         }
     };
-    let _ = loaded.send(Ok(()));
+    let _ = loaded.send(Ok(pipeline.device()));
     drop(loaded);
 
     let mut seen_reload = 0;

@@ -32,7 +32,8 @@ pub async fn ready<P: InferencePipeline>(
                 BatcherState::Draining => ("draining", None),
                 BatcherState::Failed(reason) => ("failed", Some(reason)),
             };
-            (name.clone(), json!({"state": model_state, "reason": reason, "queue_depth": batcher.queue_depth()}))
+            let device = batcher.device();
+            (name.clone(), json!({"state": model_state, "reason": reason, "queue_depth": batcher.queue_depth(), "device": device}))
         })
         .collect();
     let status = if ready {
@@ -43,7 +44,7 @@ pub async fn ready<P: InferencePipeline>(
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "shutting_down": state.shutting_down.load(std::sync::atomic::Ordering::SeqCst),
-        "device": state.device,
+        "device": state.models.values().next().map(|b| b.device()).unwrap_or("cpu"),
         "models": models,
     });
     (status, Json(body))

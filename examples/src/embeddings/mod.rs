@@ -1,0 +1,271 @@
+//! Sentence embeddings with sentence-transformers/all-MiniLM-L6-v2 on candle.
+//!
+//! Loads `config.json`, `tokenizer.json`, `model.safetensors`,
+//! `sentence_bert_config.json` and `1_Pooling/config.json` from the model's
+//! folder (`local_model_repository_folder` + the entry's `path`); truncates
+//! at `max_seq_length` (256); mean-pools over the attention mask and
+//! L2-normalizes, as sentence-transformers does. A batch is sorted by length
+//! and cut into groups padded only to their own longest item.
+//!
+//! Input `{"text": "..."}` (at most 20,000 characters; empty is allowed and
+//! embeds like sentence-transformers' `""`), output `{"embedding": [384 floats]}`.
+
+pub mod bert;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use garde::Validate;
+use modalkit_core::device::{DeviceRequest, describe};
+use modalkit_core::{InferencePipeline, ItemResult, ModelContext, PipelineError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use bert::{BertConfig, BertEncoder, mean_pool_normalized};
+
+/// Longest accepted text, in characters (longer inputs are refused with 422
+/// rather than tokenized only to be truncated at 256 tokens).
+pub const MAX_TEXT_CHARS: usize = 20_000;
+
+/// A request.
+#[derive(Debug, Clone, Deserialize, Validate, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingInput {
+    /// The text to embed: at most 20,000 characters; truncated at the
+    /// model's `max_seq_length` tokens.
+    #[garde(length(chars, max = MAX_TEXT_CHARS))]
+    pub text: String,
+}
+
+/// A result.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct EmbeddingOutput {
+    /// The L2-normalized sentence embedding (384 floats for MiniLM-L6).
+    pub embedding: Vec<f32>,
+}
+
+/// This model's entry in `model_entries`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingsEntry {
+    /// The model folder, relative to `local_model_repository_folder`.
+    path: String,
+    /// Overrides `sentence_bert_config.json`'s `max_seq_length`.
+    #[serde(default)]
+    max_seq_length: Option<usize>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (also read from `common`).
+    #[serde(default)]
+    #[allow(dead_code)]
+    device: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: usize,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+}
+
+/// The pipeline.
+pub struct Embeddings {
+    tokenizer: Tokenizer,
+    encoder: BertEncoder,
+    device: Device,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PipelineError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| PipelineError::msg(format!("{}: {err}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|err| PipelineError::msg(format!("{}: {err}", path.display())))
+}
+
+impl Embeddings {
+    /// Loads the model folder onto `device`, truncating at `max_seq_length`
+    /// (default: the folder's `sentence_bert_config.json`).
+    pub fn load_folder(
+        folder: &Path,
+        device: Device,
+        max_seq_length: Option<usize>,
+    ) -> Result<Self, PipelineError> {
+        if !folder.join("model.safetensors").is_file() {
+            return Err(PipelineError::msg(format!(
+                "no model.safetensors in {} (run scripts/fetch-model.sh)",
+                folder.display()
+            )));
+        }
+        let config: BertConfig = read_json(&folder.join("config.json"))?;
+        let sentence: SentenceBertConfig = read_json(&folder.join("sentence_bert_config.json"))?;
+        let pooling: PoolingConfig = read_json(&folder.join("1_Pooling/config.json"))?;
+        if !pooling.pooling_mode_mean_tokens
+            || pooling.pooling_mode_cls_token
+            || pooling.pooling_mode_max_tokens
+        {
+            return Err(PipelineError::msg(
+                "only mean pooling is supported (1_Pooling/config.json)",
+            ));
+        }
+        let max_len = max_seq_length
+            .unwrap_or(sentence.max_seq_length)
+            .min(config.max_position_embeddings);
+        let mut tokenizer = Tokenizer::from_file(folder.join("tokenizer.json"))
+            .map_err(|err| PipelineError::msg(format!("tokenizer.json: {err}")))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(|err| PipelineError::msg(format!("tokenizer truncation: {err}")))?;
+        tokenizer.with_padding(None);
+        let encoder = BertEncoder::load(&folder.join("model.safetensors"), config, &device)?;
+        Ok(Embeddings {
+            tokenizer,
+            encoder,
+            device,
+        })
+    }
+
+    /// Embeds tokenized inputs, in order.
+    pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut embeddings = vec![Vec::new(); ids.len()];
+        for group in length_groups(&order, ids) {
+            let vectors = self.embed_group(group.iter().map(|&i| ids[i].as_slice()))?;
+            for (&index, vector) in group.iter().zip(vectors) {
+                embeddings[index] = vector;
+            }
+        }
+        Ok(embeddings)
+    }
+
+    fn embed_group<'a>(
+        &self,
+        items: impl ExactSizeIterator<Item = &'a [u32]> + Clone,
+    ) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let batch = items.len();
+        let len = items.clone().map(<[u32]>::len).max().unwrap_or(0).max(1);
+        let mut flat_ids = Vec::with_capacity(batch * len);
+        let mut flat_mask = Vec::with_capacity(batch * len);
+        for item in items {
+            flat_ids.extend_from_slice(item);
+            flat_ids.extend(std::iter::repeat_n(0u32, len - item.len()));
+            flat_mask.extend(std::iter::repeat_n(1f32, item.len()));
+            flat_mask.extend(std::iter::repeat_n(0f32, len - item.len()));
+        }
+        let ids = Tensor::from_vec(flat_ids, (batch, len), &self.device)?;
+        let mask = Tensor::from_vec(flat_mask, (batch, len), &self.device)?;
+        let hidden = self.encoder.forward(&ids, &mask)?;
+        Ok(mean_pool_normalized(&hidden, &mask)?.to_vec2::<f32>()?)
+    }
+
+    /// Tokenizes texts (truncated at `max_seq_length`).
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, PipelineError> {
+        texts
+            .iter()
+            .map(|text| {
+                self.tokenizer
+                    .encode(*text, true)
+                    .map(|encoding| encoding.get_ids().to_vec())
+                    .map_err(|err| PipelineError::msg(format!("tokenization failed: {err}")))
+            })
+            .collect()
+    }
+}
+
+/// Cuts items sorted by length into groups whose padding stays small:
+/// a group closes when adding the next item would make more than a quarter
+/// of its padded tokens padding.
+fn length_groups<'a>(sorted: &'a [usize], ids: &[Vec<u32>]) -> Vec<&'a [usize]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut real_tokens = 0usize;
+    for (position, &index) in sorted.iter().enumerate() {
+        let len = ids[index].len().max(1);
+        let count = position - start + 1;
+        let padded = count * len;
+        if count > 1 && (padded - (real_tokens + len)) * 4 > padded {
+            groups.push(&sorted[start..position]);
+            start = position;
+            real_tokens = 0;
+        }
+        real_tokens += len;
+    }
+    if start < sorted.len() {
+        groups.push(&sorted[start..]);
+    }
+    groups
+}
+
+impl InferencePipeline for Embeddings {
+    type Input = EmbeddingInput;
+    type Output = EmbeddingOutput;
+    type Preprocessed = Vec<Vec<u32>>;
+    type Predicted = Vec<Vec<f32>>;
+
+    fn load(ctx: &ModelContext) -> Result<Self, PipelineError> {
+        let entry: EmbeddingsEntry = ctx.entry()?;
+        let device = DeviceRequest::from_context(ctx)?.resolve()?;
+        let folder: PathBuf = ctx.model_path(&entry.path);
+        Self::load_folder(&folder, device, entry.max_seq_length)
+    }
+
+    fn preprocess(&self, inputs: &[EmbeddingInput]) -> Result<Vec<Vec<u32>>, PipelineError> {
+        let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
+        self.tokenize(&texts)
+    }
+
+    fn predict(
+        &self,
+        _inputs: &[EmbeddingInput],
+        ids: Vec<Vec<u32>>,
+    ) -> Result<Vec<Vec<f32>>, PipelineError> {
+        self.embed_ids(&ids)
+    }
+
+    fn postprocess(
+        &self,
+        _inputs: &[EmbeddingInput],
+        embeddings: Vec<Vec<f32>>,
+    ) -> Vec<ItemResult<EmbeddingOutput>> {
+        embeddings
+            .into_iter()
+            .map(|embedding| Ok(EmbeddingOutput { embedding }))
+            .collect()
+    }
+
+    fn device(&self) -> String {
+        describe(&self.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::length_groups;
+
+    #[test]
+    fn groups_keep_padding_under_a_quarter() {
+        let ids: Vec<Vec<u32>> = [5, 5, 6, 6, 20, 21, 22, 60]
+            .iter()
+            .map(|&n| vec![1; n])
+            .collect();
+        let order: Vec<usize> = (0..ids.len()).collect();
+        let groups = length_groups(&order, &ids);
+        assert_eq!(groups, vec![&[0, 1, 2, 3][..], &[4, 5, 6][..], &[7][..]]);
+        let same: Vec<Vec<u32>> = vec![vec![1; 12]; 32];
+        let order: Vec<usize> = (0..32).collect();
+        assert_eq!(
+            length_groups(&order, &same).len(),
+            1,
+            "equal lengths stay one batch"
+        );
+    }
+}

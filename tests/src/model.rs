@@ -1,0 +1,27 @@
+//! The real model for tests: fetched by `scripts/fetch-model.sh` on first use.
+#![allow(clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `models/all-MiniLM-L6-v2`, fetched (once per test binary) if missing.
+pub fn minilm_folder() -> PathBuf {
+    static FETCHED: OnceLock<PathBuf> = OnceLock::new();
+    FETCHED
+        .get_or_init(|| {
+            let root = workspace_root();
+            let status = Command::new(root.join("scripts/fetch-model.sh"))
+                .current_dir(&root)
+                .status()
+                .expect("scripts/fetch-model.sh runs");
+            assert!(status.success(), "scripts/fetch-model.sh failed");
+            root.join("models/all-MiniLM-L6-v2")
+        })
+        .clone()
+}

@@ -1,0 +1,173 @@
+//! The embeddings example serving the real all-MiniLM-L6-v2 weights: every
+//! vector matches sentence-transformers' (torch) reference with cosine
+//! similarity >= 0.9999, through `/predict_sync` and `/predict_batch`; and a
+//! CUDA device asked of a CPU-only build fails start-up clearly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use modalkit_examples::embeddings::Embeddings;
+use modalkit_server::ServerOptions;
+use modalkit_tests::model::{minilm_folder, workspace_root};
+use modalkit_tests::support::{TestServer, client, post_json, settings_from_yaml};
+use serde_json::{Value, json};
+
+struct Reference {
+    text: String,
+    embedding: Vec<f64>,
+}
+
+fn references() -> Vec<Reference> {
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/minilm_reference.json")).unwrap();
+    assert_eq!(fixture["model"], "sentence-transformers/all-MiniLM-L6-v2");
+    fixture["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| Reference {
+            text: item["text"].as_str().unwrap().to_owned(),
+            embedding: item["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect(),
+        })
+        .collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn floats(value: &Value) -> Vec<f64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+fn config(device: &str) -> String {
+    let folder = minilm_folder();
+    format!(
+        "app_settings:\n  app_prefix: emb\n  batch_config: {{max_batch_size: 32, wait_ms: 5}}\nmodel_settings:\n  local_model_repository_folder: '{}'\n  common: {{device: {device}}}\n  model_entries:\n    minilm: {{path: '{}'}}\n",
+        folder.parent().unwrap().display(),
+        folder.file_name().unwrap().to_str().unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_match_sentence_transformers_through_sync_and_batch() {
+    let references = references();
+    assert!(
+        references.iter().any(|r| r.text.is_empty()),
+        "the fixture covers the empty string"
+    );
+    let server = TestServer::start_pipeline::<Embeddings>(
+        settings_from_yaml(&config("cpu")),
+        ServerOptions::default(),
+    )
+    .await;
+    let http = client();
+
+    for reference in &references {
+        let (status, body) = post_json(
+            &http,
+            &server.url("/predict_sync"),
+            &json!({"text": reference.text}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "success");
+        let embedding = floats(&body["embedding"]);
+        assert_eq!(embedding.len(), 384);
+        let similarity = cosine(&embedding, &reference.embedding);
+        assert!(
+            similarity >= 0.9999,
+            "sync {:?}: cosine {similarity}",
+            &reference.text[..reference.text.len().min(40)]
+        );
+    }
+
+    let batch: Vec<Value> = references.iter().map(|r| json!({"text": r.text})).collect();
+    let (status, body) =
+        post_json(&http, &server.url("/predict_batch"), &Value::Array(batch)).await;
+    assert_eq!(status, 200, "{body}");
+    let results = body.as_array().unwrap();
+    assert_eq!(results.len(), references.len());
+    for (result, reference) in results.iter().zip(&references) {
+        let similarity = cosine(&floats(&result["embedding"]), &reference.embedding);
+        assert!(
+            similarity >= 0.9999,
+            "batch {:?}: cosine {similarity}",
+            &reference.text[..reference.text.len().min(40)]
+        );
+    }
+
+    let ready: Value = http
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["device"], "cpu");
+    let (status, body) = post_json(
+        &http,
+        &server.url("/predict_sync"),
+        &json!({"text": "x".repeat(20_001)}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+}
+
+#[tokio::test]
+async fn device_cuda_on_a_cpu_only_build_fails_start_up_clearly() {
+    if candle_core::utils::cuda_is_available() {
+        // Built with --features cuda: this check belongs to CPU-only builds.
+        let folder = minilm_folder();
+        let loaded = Embeddings::load_folder(&folder, candle_core::Device::Cpu, None);
+        assert!(loaded.is_ok());
+        return;
+    }
+    for (device, named) in [("cuda", "cuda:0"), ("cuda:1", "cuda:1")] {
+        let error = match modalkit_server::Server::<Embeddings>::build(
+            settings_from_yaml(&config(device)),
+            ServerOptions::default(),
+        )
+        .await
+        {
+            Ok(_) => panic!("device {device} must not start on a CPU-only build"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains(&format!("device '{named}' cannot be used")),
+            "{error}"
+        );
+        assert!(error.contains("without the `cuda` feature"), "{error}");
+    }
+    // `auto` falls back to the CPU.
+    let server = TestServer::start_pipeline::<Embeddings>(
+        settings_from_yaml(&config("auto")),
+        ServerOptions::default(),
+    )
+    .await;
+    let ready: Value = client()
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["models"]["minilm"]["device"], "cpu");
+    assert!(
+        workspace_root()
+            .join("models/all-MiniLM-L6-v2/.complete")
+            .is_file()
+    );
+}
