@@ -1,8 +1,8 @@
 //! A BERT encoder forward pass owned by this project, on plain candle ops,
 //! laid out for speed on CPU: one fused QKV projection, weights transposed
-//! once at load, the attention scale folded into the query weights, the
-//! fused `softmax_last_dim` and `layer_norm` kernels, and exact (erf) GELU
-//! as in the reference model. Numerically it is candle-transformers' (and
+//! once at load, the attention scale folded into the query weights, candle's
+//! fused `softmax_last_dim`, and this project's fused kernels for bias+GELU
+//! (exact erf GELU, as the reference model) and bias+residual+layer norm. Numerically it is candle-transformers' (and
 //! Hugging Face's) `BertModel`; the tests compare it with sentence-
 //! transformers' vectors.
 
@@ -12,6 +12,8 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::ops::{layer_norm, softmax_last_dim};
 use serde::Deserialize;
+
+use super::kernels::{BiasGelu, BiasResidualNorm, FusedLayerOps, bias_gelu, bias_residual_norm};
 
 /// The fields of `config.json` the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,13 +43,10 @@ struct Layer {
     qkv_weight: Tensor,
     qkv_bias: Tensor,
     attention_out_weight: Tensor,
-    attention_out_bias: Tensor,
-    attention_norm: Norm,
     intermediate_weight: Tensor,
-    intermediate_bias: Tensor,
     output_weight: Tensor,
-    output_bias: Tensor,
-    output_norm: Norm,
+    /// Biases, the GELU and the layer norms, fused.
+    fused: FusedLayerOps,
 }
 
 /// The encoder: token ids in, one vector per token out.
@@ -97,6 +96,7 @@ impl BertEncoder {
         };
         let heads = config.num_attention_heads;
         let scale = 1.0 / ((config.hidden_size / heads) as f64).sqrt();
+        let eps = config.layer_norm_eps as f32;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
@@ -107,28 +107,39 @@ impl BertEncoder {
             let k_bias = weights.take(&format!("{p}.attention.self.key.bias"))?;
             let v_weight = weights.take(&format!("{p}.attention.self.value.weight"))?;
             let v_bias = weights.take(&format!("{p}.attention.self.value.bias"))?;
+            let attention_norm = weights.norm(&format!("{p}.attention.output.LayerNorm"))?;
+            let output_norm = weights.norm(&format!("{p}.output.LayerNorm"))?;
+            let attention_bias = weights.take(&format!("{p}.attention.output.dense.bias"))?;
+            let output_bias = weights.take(&format!("{p}.output.dense.bias"))?;
+            let fused = FusedLayerOps {
+                intermediate: BiasGelu::new(
+                    &weights.take(&format!("{p}.intermediate.dense.bias"))?,
+                )?,
+                attention_norm: BiasResidualNorm::new(
+                    &attention_bias,
+                    &attention_norm.gamma,
+                    &attention_norm.beta,
+                    eps,
+                )?,
+                output_norm: BiasResidualNorm::new(
+                    &output_bias,
+                    &output_norm.gamma,
+                    &output_norm.beta,
+                    eps,
+                )?,
+            };
+            let transposed = |weights: &mut Weights, name: &str| -> Result<Tensor> {
+                weights.take(&format!("{p}.{name}"))?.t()?.contiguous()
+            };
             layers.push(Layer {
                 qkv_weight: Tensor::cat(&[q_weight, k_weight, v_weight], 0)?
                     .t()?
                     .contiguous()?,
                 qkv_bias: Tensor::cat(&[q_bias, k_bias, v_bias], 0)?,
-                attention_out_weight: weights
-                    .take(&format!("{p}.attention.output.dense.weight"))?
-                    .t()?
-                    .contiguous()?,
-                attention_out_bias: weights.take(&format!("{p}.attention.output.dense.bias"))?,
-                attention_norm: weights.norm(&format!("{p}.attention.output.LayerNorm"))?,
-                intermediate_weight: weights
-                    .take(&format!("{p}.intermediate.dense.weight"))?
-                    .t()?
-                    .contiguous()?,
-                intermediate_bias: weights.take(&format!("{p}.intermediate.dense.bias"))?,
-                output_weight: weights
-                    .take(&format!("{p}.output.dense.weight"))?
-                    .t()?
-                    .contiguous()?,
-                output_bias: weights.take(&format!("{p}.output.dense.bias"))?,
-                output_norm: weights.norm(&format!("{p}.output.LayerNorm"))?,
+                attention_out_weight: transposed(&mut weights, "attention.output.dense.weight")?,
+                intermediate_weight: transposed(&mut weights, "intermediate.dense.weight")?,
+                output_weight: transposed(&mut weights, "output.dense.weight")?,
+                fused,
             });
         }
         let token_types = weights.take("embeddings.token_type_embeddings.weight")?;
@@ -189,7 +200,6 @@ impl BertEncoder {
         let hidden = self.config.hidden_size;
         let heads = self.config.num_attention_heads;
         let head_dim = hidden / heads;
-        let eps = self.config.layer_norm_eps as f32;
 
         let qkv = x
             .matmul(&layer.qkv_weight)?
@@ -207,28 +217,14 @@ impl BertEncoder {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch * len, hidden))?;
-        let attention = context
-            .matmul(&layer.attention_out_weight)?
-            .broadcast_add(&layer.attention_out_bias)?;
-        let x = layer_norm(
-            &(attention + x)?,
-            &layer.attention_norm.gamma,
-            &layer.attention_norm.beta,
-            eps,
+        let attention = context.matmul(&layer.attention_out_weight)?;
+        let x = bias_residual_norm(&attention, x, &layer.fused.attention_norm)?;
+        let intermediate = bias_gelu(
+            &x.matmul(&layer.intermediate_weight)?,
+            &layer.fused.intermediate,
         )?;
-        let intermediate = x
-            .matmul(&layer.intermediate_weight)?
-            .broadcast_add(&layer.intermediate_bias)?
-            .gelu_erf()?;
-        let output = intermediate
-            .matmul(&layer.output_weight)?
-            .broadcast_add(&layer.output_bias)?;
-        layer_norm(
-            &(output + x)?,
-            &layer.output_norm.gamma,
-            &layer.output_norm.beta,
-            eps,
-        )
+        let output = intermediate.matmul(&layer.output_weight)?;
+        bias_residual_norm(&output, &x, &layer.fused.output_norm)
     }
 }
 

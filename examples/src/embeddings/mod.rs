@@ -11,6 +11,7 @@
 //! embeds like sentence-transformers' `""`), output `{"embedding": [384 floats]}`.
 
 pub mod bert;
+pub mod kernels;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Embeddings benchmark, in one run on loopback: raw in-process throughput of
+# the pipeline at batch 1/8/32, then the server (config/embeddings.yaml) under
+# wrk at concurrency 1/8/32 posting one ~10-word sentence, its peak resident
+# memory, and the served/raw ratio. Writes bench/out/embeddings.md and a PNG
+# chart of throughput against concurrency (bench/out/embeddings.png).
+#
+# Usage: bench/embeddings.sh [--with-python-peer]
+#   --with-python-peer  also installs (in .venv-peer) and measures the Python
+#                       peer: FastAPI + uvicorn + an asyncio batcher (max 32,
+#                       wait 5 ms) over sentence-transformers on torch.
+# DURATION (seconds per wrk run, default 15), RAW_SECONDS (default 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-15}
+RAW_SECONDS=${RAW_SECONDS:-5}
+PORT=8201
+PEER_PORT=8202
+OUT=bench/out
+SENTENCE="The quick brown fox jumps over the lazy dog near the river"
+WITH_PEER=0
+[ "${1:-}" = "--with-python-peer" ] && WITH_PEER=1
+mkdir -p "$OUT"
+
+if ! command -v wrk >/dev/null; then
+  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+fi
+scripts/fetch-model.sh
+cargo build --release --locked -q -p modalkit-examples --bin embeddings --bin embeddings-bench
+if [ ! -x .venv-bench/bin/python ] || ! .venv-bench/bin/python -c "import matplotlib" 2>/dev/null; then
+  python3 -m venv .venv-bench && .venv-bench/bin/pip install -q --disable-pip-version-check matplotlib==3.10.7
+fi
+
+echo "== raw in-process throughput (${RAW_SECONDS}s per batch size)"
+target/release/embeddings-bench models/all-MiniLM-L6-v2 "$SENTENCE" 1,8,32 "$RAW_SECONDS" | tee "$OUT/raw.txt"
+
+lua=$(mktemp --suffix=.lua)
+cat > "$lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"text": "$SENTENCE"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_ready() { # url
+  for _ in $(seq 1 600); do
+    curl -sf "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "server at $1 never became ready" >&2; exit 1
+}
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
+measure() { # name port concurrency -> appends "name c rps p50 p99" to $OUT/served.txt
+  local out rps p50 p99
+  out=$(wrk -t1 -c"$3" -d"${DURATION}s" --latency -s "$lua" "http://127.0.0.1:$2/predict_sync")
+  if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "non-2xx responses from $1" >&2; exit 1; fi
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  echo "$1 $3 $rps $p50 $p99" | tee -a "$OUT/served.txt"
+}
+
+: > "$OUT/served.txt"
+: > "$OUT/memory.txt"
+echo "== modalkit-rs served (${DURATION}s per concurrency)"
+RUST_LOG=warn target/release/embeddings --config config/embeddings.yaml --host 127.0.0.1 --port "$PORT" & pids+=($!)
+server_pid=$!
+wait_ready "http://127.0.0.1:$PORT/ready"
+wrk -t1 -c8 -d3s -s "$lua" "http://127.0.0.1:$PORT/predict_sync" >/dev/null
+for c in 1 8 32; do measure modalkit-rs "$PORT" "$c"; done
+echo "modalkit-rs $(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")" | tee -a "$OUT/memory.txt"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+
+if [ "$WITH_PEER" = 1 ]; then
+  echo "== Python peer (FastAPI + sentence-transformers on torch)"
+  if [ ! -x .venv-peer/bin/python ] || ! .venv-peer/bin/python -c "import sentence_transformers, fastapi, uvicorn" 2>/dev/null; then
+    python3 -m venv .venv-peer
+    .venv-peer/bin/pip install -q --disable-pip-version-check -r bench/python-peer-requirements.txt
+  fi
+  OMP_NUM_THREADS=2 .venv-peer/bin/python bench/python_peer.py models/all-MiniLM-L6-v2 "$PEER_PORT" & pids+=($!)
+  peer_pid=$!
+  wait_ready "http://127.0.0.1:$PEER_PORT/ready"
+  wrk -t1 -c8 -d3s -s "$lua" "http://127.0.0.1:$PEER_PORT/predict_sync" >/dev/null
+  for c in 1 8 32; do measure python-peer "$PEER_PORT" "$c"; done
+  rss=0
+  for pid in $peer_pid $(pgrep -P "$peer_pid" || true); do
+    v=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0); rss=$((rss + v))
+  done
+  echo "python-peer $rss" | tee -a "$OUT/memory.txt"
+  kill "$peer_pid"; wait "$peer_pid" 2>/dev/null || true
+fi
+
+.venv-bench/bin/python bench/report.py "$OUT" | tee "$OUT/embeddings.md"
+echo "chart: $OUT/embeddings.png"
