@@ -192,6 +192,34 @@ impl BiasResidualNorm {
     }
 }
 
+/// `gelu(x + bias)`: the fused kernel on CPU, candle's ops elsewhere.
+pub fn bias_gelu(x: &Tensor, op: &BiasGelu) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.apply_op1_no_bwd(op)
+    } else {
+        let bias = Tensor::new(op.bias.as_slice(), x.device())?;
+        x.broadcast_add(&bias)?.gelu_erf()
+    }
+}
+
+/// `layer_norm(x + bias + residual)`: fused on CPU, candle's ops elsewhere.
+pub fn bias_residual_norm(x: &Tensor, residual: &Tensor, op: &BiasResidualNorm) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.apply_op2_no_bwd(residual, op)
+    } else {
+        let device = x.device();
+        let bias = Tensor::new(op.bias.as_slice(), device)?;
+        let gamma = Tensor::new(op.gamma.as_slice(), device)?;
+        let beta = Tensor::new(op.beta.as_slice(), device)?;
+        candle_nn::ops::layer_norm(
+            &(x.broadcast_add(&bias)? + residual)?,
+            &gamma,
+            &beta,
+            op.eps,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,33 +301,5 @@ mod tests {
         let diff = (fused - plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 2e-5, "bias-residual-norm differs by {diff}");
         Ok(())
-    }
-}
-
-/// `gelu(x + bias)`: the fused kernel on CPU, candle's ops elsewhere.
-pub fn bias_gelu(x: &Tensor, op: &BiasGelu) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        x.apply_op1_no_bwd(op)
-    } else {
-        let bias = Tensor::new(op.bias.as_slice(), x.device())?;
-        x.broadcast_add(&bias)?.gelu_erf()
-    }
-}
-
-/// `layer_norm(x + bias + residual)`: fused on CPU, candle's ops elsewhere.
-pub fn bias_residual_norm(x: &Tensor, residual: &Tensor, op: &BiasResidualNorm) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        x.apply_op2_no_bwd(residual, op)
-    } else {
-        let device = x.device();
-        let bias = Tensor::new(op.bias.as_slice(), device)?;
-        let gamma = Tensor::new(op.gamma.as_slice(), device)?;
-        let beta = Tensor::new(op.beta.as_slice(), device)?;
-        candle_nn::ops::layer_norm(
-            &(x.broadcast_add(&bias)? + residual)?,
-            &gamma,
-            &beta,
-            op.eps,
-        )
     }
 }
