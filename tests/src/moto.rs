@@ -49,8 +49,43 @@ impl Moto {
                 endpoint,
                 child: None,
             },
-            Err(_) => Moto::start(),
+            Err(_) => Moto::start_watched(),
         })
+    }
+
+    /// A server that exits with this test process (statics are never
+    /// dropped, so the shared one must not outlive its binary).
+    fn start_watched() -> Moto {
+        let port = free_port();
+        let watchdog = r#"trap 'kill $child 2>/dev/null' EXIT; "$0" -H 127.0.0.1 -p "$1" >/dev/null 2>&1 & child=$!; while kill -0 "$2" 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done"#;
+        let child = Command::new("bash")
+            .args(["-c", watchdog])
+            .arg(moto_binary())
+            .arg(port.to_string())
+            .arg(std::process::id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            child: Some(child),
+        };
+        moto.wait_until_up();
+        moto
+    }
+
+    fn wait_until_up(&self) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A private server on a free port.
