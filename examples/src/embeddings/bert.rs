@@ -87,12 +87,8 @@ impl BertEncoder {
                 config.hidden_act
             )));
         }
-        let tensors = candle_core::safetensors::load(weights_path, device)?;
         let mut weights = Weights {
-            tensors: tensors
-                .into_iter()
-                .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_owned(), t))
-                .collect(),
+            tensors: read_safetensors(weights_path, device)?,
         };
         let heads = config.num_attention_heads;
         let scale = 1.0 / ((config.hidden_size / heads) as f64).sqrt();
@@ -226,6 +222,72 @@ impl BertEncoder {
         let output = intermediate.matmul(&layer.output_weight)?;
         bias_residual_norm(&output, &x, &layer.fused.output_norm)
     }
+}
+
+/// Reads a safetensors file one tensor at a time, so the whole file is never
+/// held next to the tensors made from it (peak memory: the model plus its
+/// largest tensor). Skips tensors the encoder does not use; strips a
+/// `bert.` prefix.
+fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    use std::io::{Read, Seek, SeekFrom};
+
+    #[derive(Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<usize>,
+        data_offsets: [u64; 2],
+    }
+    let fail = |what: String| candle_core::Error::Msg(format!("{}: {what}", path.display()));
+    let mut file = std::fs::File::open(path)?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)?;
+    let header_len = u64::from_le_bytes(length);
+    if header_len > 100_000_000 {
+        return Err(fail(format!("header of {header_len} bytes")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)?;
+    let entries: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|err| fail(format!("bad header: {err}")))?;
+    let data_start = 8 + header_len;
+    let mut tensors = HashMap::new();
+    for (name, value) in entries {
+        if name == "__metadata__" || name.contains("pooler.") || name.ends_with("position_ids") {
+            continue;
+        }
+        let entry: Entry =
+            serde_json::from_value(value).map_err(|err| fail(format!("{name}: {err}")))?;
+        if entry.dtype != "F32" {
+            return Err(fail(format!(
+                "{name}: dtype {} (only F32 weights are supported)",
+                entry.dtype
+            )));
+        }
+        let [start, end] = entry.data_offsets;
+        let count: usize = entry.shape.iter().product();
+        if end.saturating_sub(start) != (count * 4) as u64 {
+            return Err(fail(format!(
+                "{name}: {} bytes for shape {:?}",
+                end.saturating_sub(start),
+                entry.shape
+            )));
+        }
+        // Read straight into the f32 buffer the tensor will own: no second copy.
+        let mut values = vec![0f32; count];
+        file.seek(SeekFrom::Start(data_start + start))?;
+        file.read_exact(bytemuck::cast_slice_mut(&mut values))?;
+        if cfg!(target_endian = "big") {
+            values
+                .iter_mut()
+                .for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes()));
+        }
+        let tensor = Tensor::from_vec(values, entry.shape, device)?;
+        tensors.insert(
+            name.strip_prefix("bert.").unwrap_or(&name).to_owned(),
+            tensor,
+        );
+    }
+    Ok(tensors)
 }
 
 /// Mean of the token vectors over the mask, then L2-normalized: [batch, hidden].
