@@ -225,6 +225,49 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// GETs a URL and returns its body as JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
+/// Polls `/ready` until it answers 503 (returning its body) or stops
+/// answering (`None`), for at most `limit`.
+pub async fn wait_until_not_ready(
+    client: &reqwest::Client,
+    base_url: &str,
+    limit: Duration,
+) -> Option<Value> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        match client.get(format!("{base_url}/ready")).send().await {
+            Ok(response) if response.status() == 503 => return response.json().await.ok(),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The `echo` field of each JSON body (results of the echo pipeline).
+pub fn echoes<'a>(
+    bodies: impl IntoIterator<Item = &'a String>,
+) -> std::collections::BTreeSet<String> {
+    bodies
+        .into_iter()
+        .map(|body| {
+            let value: Value = serde_json::from_str(body).expect("JSON result");
+            value["echo"].as_str().expect("an echo field").to_owned()
+        })
+        .collect()
+}
+
 /// POSTs JSON and returns (status, body as JSON).
 pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let response = client

@@ -7,7 +7,7 @@
 use modalkit_examples::embeddings::Embeddings;
 use modalkit_server::ServerOptions;
 use modalkit_tests::model::{minilm_folder, workspace_root};
-use modalkit_tests::support::{TestServer, client, post_json, settings_from_yaml};
+use modalkit_tests::support::{TestServer, client, get_json, post_json, settings_from_yaml};
 use serde_json::{Value, json};
 
 struct Reference {
@@ -107,14 +107,7 @@ async fn embeddings_match_sentence_transformers_through_sync_and_batch() {
         );
     }
 
-    let ready: Value = http
-        .get(server.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = get_json(&http, &server.url("/ready")).await;
     assert_eq!(ready["device"], "cpu");
     let (status, body) = post_json(
         &http,

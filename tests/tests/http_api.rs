@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use modalkit_tests::support::{TestServer, client, config_yaml, post_json, settings_from_yaml};
+use modalkit_tests::support::{
+    TestServer, client, config_yaml, get_json, post_json, settings_from_yaml,
+};
 use serde_json::{Value, json};
 
 async fn server(model: &str, app_extra: &str) -> TestServer {
@@ -14,14 +16,7 @@ async fn server(model: &str, app_extra: &str) -> TestServer {
 
 async fn poll_job(client: &reqwest::Client, server: &TestServer, job_id: &str) -> Value {
     for _ in 0..200 {
-        let job: Value = client
-            .get(server.url(&format!("/jobs/{job_id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job: Value = get_json(client, &server.url(&format!("/jobs/{job_id}"))).await;
         if job["status"] == "succeeded" || job["status"] == "failed" {
             return job;
         }
@@ -227,14 +222,7 @@ async fn health_ready_metrics_openapi_and_docs_answer() {
     );
     assert!(metrics.contains(r#"modalkit_queue_wait_seconds_count{model="echo-meta"}"#));
 
-    let doc: Value = http
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = get_json(&http, &server.url("/openapi.json")).await;
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
         "/predict_sync",

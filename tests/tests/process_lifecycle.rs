@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use modalkit_tests::support::{ServerProcess, client, post_json};
+use modalkit_tests::support::{ServerProcess, client, post_json, wait_until_not_ready};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_modalkit-test-server");
@@ -100,20 +100,10 @@ async fn sigterm_under_load_drains_everything_and_exits_zero() {
     server.signal("TERM");
 
     // While draining, readiness is 503 but the process still answers.
-    let mut saw_not_ready = false;
-    for _ in 0..100 {
-        match http.get(format!("{base}/ready")).send().await {
-            Ok(response) if response.status() == 503 => {
-                let body: Value = response.json().await.unwrap();
-                assert_eq!(body["shutting_down"], true);
-                saw_not_ready = true;
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(_) => break,
-        }
-    }
-    assert!(saw_not_ready, "/ready never reported 503 during the drain");
+    let not_ready = wait_until_not_ready(&http, &base, Duration::from_secs(5))
+        .await
+        .expect("/ready never reported 503 during the drain");
+    assert_eq!(not_ready["shutting_down"], true);
 
     let (mut answered, mut refused) = (0, 0);
     for request in sync_requests {
@@ -213,22 +203,12 @@ async fn a_fatal_device_error_fails_queued_work_and_exits_with_code_3() {
             202
         );
     }
-    let mut saw_not_ready = false;
-    for _ in 0..200 {
-        match http.get(format!("{base}/ready")).send().await {
-            Ok(response) if response.status() == 503 => {
-                let body: Value = response.json().await.unwrap();
-                assert_eq!(body["models"]["echo"]["state"], "failed", "{body}");
-                saw_not_ready = true;
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(_) => break,
-        }
-    }
-    assert!(
-        saw_not_ready,
-        "/ready never turned 503 after the device failed"
+    let not_ready = wait_until_not_ready(&http, &base, Duration::from_secs(5))
+        .await
+        .expect("/ready never turned 503 after the device failed");
+    assert_eq!(
+        not_ready["models"]["echo"]["state"], "failed",
+        "{not_ready}"
     );
     assert_eq!(
         server.wait_exit(Duration::from_secs(30)),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
-use modalkit_tests::support::ServerProcess;
+use modalkit_tests::support::{ServerProcess, echoes};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_modalkit-test-server");
@@ -139,15 +139,7 @@ async fn two_processes_consume_500_messages_and_leave_none_behind() {
     );
 
     let results = collect_messages(&client, &output, 500, Duration::from_secs(120)).await;
-    let echoes: BTreeSet<String> = results
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Value>(r).unwrap()["echo"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let echoes = echoes(&results);
     let expected: BTreeSet<String> = (0..500).map(|i| format!("C{i}")).collect();
     assert_eq!(echoes, expected, "500 results, none missing");
     wait_until_empty(&client, &input_url, Duration::from_secs(30)).await;
@@ -272,15 +264,7 @@ async fn a_process_killed_mid_batch_leaves_its_messages_to_the_other() {
         dir.path().join("second.log"),
     );
     let results = collect_messages(&client, &output, 8, Duration::from_secs(90)).await;
-    let echoes: BTreeSet<String> = results
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Value>(r).unwrap()["echo"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let echoes = echoes(&results);
     assert_eq!(
         echoes,
         (0..8).map(|i| format!("K{i}")).collect::<BTreeSet<_>>()

@@ -9,22 +9,12 @@ use std::time::{Duration, Instant};
 
 use modalkit_server::ServerOptions;
 use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
-use modalkit_tests::support::{ServerProcess, TestServer, client, post_json, settings_from_yaml};
+use modalkit_tests::support::{
+    ServerProcess, TestServer, client, echoes, get_json, post_json, settings_from_yaml,
+};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_modalkit-test-server");
-
-fn echoes(bodies: &[String]) -> BTreeSet<String> {
-    bodies
-        .iter()
-        .map(|b| {
-            serde_json::from_str::<Value>(b).unwrap()["echo"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
 
 fn dead_letters(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -114,14 +104,7 @@ async fn results_past_the_retry_budget_are_dead_lettered() {
     let started = Instant::now();
     for id in &job_ids {
         loop {
-            let job: Value = http
-                .get(server.url(&format!("/jobs/{id}")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let job: Value = get_json(&http, &server.url(&format!("/jobs/{id}"))).await;
             if job["status"] == "succeeded" {
                 break;
             }
