@@ -16,4 +16,5 @@ fi
 echo "hadolint: deploy/Dockerfile and deploy/Dockerfile.cuda clean"
 
 cargo build --locked -q -p modalkit-examples --bin translate
-MODALKIT_SERVER_BINARY="$PWD/target/debug/translate" "$venv/bin/python" -m pytest -q -p no:cacheprovider deploy/tests
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+MODALKIT_SERVER_BINARY="$target_dir/debug/translate" "$venv/bin/python" -m pytest -q -p no:cacheprovider deploy/tests
