@@ -13,7 +13,6 @@ mod intake;
 mod ticket;
 mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -106,7 +105,6 @@ pub struct Batcher<P: InferencePipeline> {
     workers: Mutex<Vec<JoinHandle<()>>>,
     reload_timer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     state: watch::Receiver<BatcherState>,
-    submitted: AtomicU64,
     device: String,
 }
 
@@ -157,7 +155,6 @@ impl<P: InferencePipeline> Batcher<P> {
             workers: Mutex::new(workers),
             reload_timer: Mutex::new(None),
             state: state_rx,
-            submitted: AtomicU64::new(0),
             device,
         };
         if let Some(err) = failure {
@@ -212,18 +209,12 @@ impl<P: InferencePipeline> Batcher<P> {
             on_start: options.on_start,
         };
         self.shared.push(pending)?;
-        self.submitted.fetch_add(1, Ordering::Relaxed);
         Ok(Ticket::new(receiver, self.model.clone()))
     }
 
     /// Items waiting in the queue now.
     pub fn queue_depth(&self) -> usize {
         self.shared.depth()
-    }
-
-    /// Items submitted since start.
-    pub fn submitted(&self) -> u64 {
-        self.submitted.load(Ordering::Relaxed)
     }
 
     /// The current state.

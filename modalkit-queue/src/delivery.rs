@@ -150,11 +150,6 @@ impl Delivery {
         }
     }
 
-    /// The backend.
-    pub fn backend(&self) -> &Arc<dyn QueueBackend> {
-        &self.backend
-    }
-
     /// The dead-letter file.
     pub fn dead_letters(&self) -> &DeadLetterFile {
         &self.dead_letters

@@ -147,12 +147,6 @@ impl JobStore {
             state: job.state.clone(),
         })
     }
-
-    /// Jobs not yet finished.
-    pub fn unfinished(&self) -> usize {
-        let jobs = self.lock();
-        jobs.by_id.len() - jobs.finished.len()
-    }
 }
 
 #[cfg(test)]

@@ -118,15 +118,7 @@ impl Moto {
             .spawn()
             .expect("moto_server starts");
         self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "moto did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_until_up();
     }
 
     /// An AWS configuration pointing at this server.
