@@ -164,3 +164,77 @@ async fn device_cuda_on_a_cpu_only_build_fails_start_up_clearly() {
             .is_file()
     );
 }
+
+/// Marks the output of a child run of `native_encoder_matches_candle_encoder`.
+const CHILD_REPORT: &str = "native-vs-candle isa=";
+
+#[test]
+fn native_encoder_matches_candle_encoder() {
+    use modalkit_examples::embeddings::Engine;
+    use modalkit_examples::embeddings::cpu::isa;
+
+    let folder = minilm_folder();
+    let load = |engine| {
+        Embeddings::load_folder_with(&folder, candle_core::Device::Cpu, None, engine).unwrap()
+    };
+    let (native, candle) = (load(Engine::Native), load(Engine::Candle));
+    // Mixed lengths in one batch (the native encoder packs them without
+    // padding), the fixture's texts (empty, unicode, > 256 tokens) and repeats.
+    let mut texts: Vec<String> = references().into_iter().map(|r| r.text).collect();
+    texts.push("word ".repeat(60));
+    texts.push("a".into());
+    texts.extend(texts.clone());
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ids = native.tokenize(&texts).unwrap();
+    assert!(
+        ids.iter().any(|i| i.len() == 256),
+        "a text must hit the 256-token cap"
+    );
+    let fast = native.embed_ids(&ids).unwrap();
+    let reference = candle.embed_ids(&ids).unwrap();
+    for ((text, a), b) in texts.iter().zip(&fast).zip(&reference) {
+        assert_eq!(a.len(), 384);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 2e-5,
+            "{text:?}: native and candle differ by {worst}"
+        );
+    }
+    // One at a time gives the same vectors as in a batch.
+    let alone = native.embed_ids(&ids[..1]).unwrap();
+    let worst = alone[0]
+        .iter()
+        .zip(&fast[0])
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-6, "batched and alone differ by {worst}");
+    println!("{CHILD_REPORT}{}", isa::describe());
+
+    // Where the AVX-512 kernels ran, run this test again in a child process
+    // on the portable kernels (the choice is made once per process).
+    if isa::describe() == "avx512" {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "native_encoder_matches_candle_encoder",
+                "--nocapture",
+            ])
+            .env("MODALKIT_CPU_BASELINE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success(),
+            "baseline run failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("{CHILD_REPORT}baseline")),
+            "the child did not run the baseline kernels:\n{stdout}"
+        );
+    }
+}

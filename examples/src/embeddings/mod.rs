@@ -4,14 +4,19 @@
 //! `sentence_bert_config.json` and `1_Pooling/config.json` from the model's
 //! folder (`local_model_repository_folder` + the entry's `path`); truncates
 //! at `max_seq_length` (256); mean-pools over the attention mask and
-//! L2-normalizes, as sentence-transformers does. A batch is sorted by length
-//! and cut into groups padded only to their own longest item.
+//! L2-normalizes, as sentence-transformers does.
+//!
+//! On CPU the encoder is this project's own ([`cpu`]: packed weights, no
+//! padding, AVX-512 kernels chosen at run time); on other devices (CUDA) it
+//! is [`bert`] on candle's ops, fed batches sorted by length and cut into
+//! groups padded only to their own longest item.
 //!
 //! Input `{"text": "..."}` (at most 20,000 characters; empty is allowed and
 //! embeds like sentence-transformers' `""`), output `{"embedding": [384 floats]}`.
 
 pub mod bert;
-pub mod kernels;
+pub mod cpu;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use bert::{BertConfig, BertEncoder, mean_pool_normalized};
+use cpu::CpuEncoder;
+use weights::Weights;
 
 /// Longest accepted text, in characters (longer inputs are refused with 422
 /// rather than tokenized only to be truncated at 256 tokens).
@@ -75,11 +82,27 @@ struct PoolingConfig {
     pooling_mode_max_tokens: bool,
 }
 
+/// Which implementation of the encoder runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// This project's CPU encoder ([`cpu`]); CPU only.
+    Native,
+    /// The encoder on candle's ops ([`bert`]); any device.
+    Candle,
+}
+
+enum Encoder {
+    Native(CpuEncoder),
+    Candle {
+        encoder: Box<BertEncoder>,
+        device: Device,
+    },
+}
+
 /// The pipeline.
 pub struct Embeddings {
     tokenizer: Tokenizer,
-    encoder: BertEncoder,
-    device: Device,
+    encoder: Encoder,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PipelineError> {
@@ -91,11 +114,28 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PipelineE
 
 impl Embeddings {
     /// Loads the model folder onto `device`, truncating at `max_seq_length`
-    /// (default: the folder's `sentence_bert_config.json`).
+    /// (default: the folder's `sentence_bert_config.json`): the native
+    /// encoder on CPU, candle's elsewhere.
     pub fn load_folder(
         folder: &Path,
         device: Device,
         max_seq_length: Option<usize>,
+    ) -> Result<Self, PipelineError> {
+        let engine = if device.is_cpu() {
+            Engine::Native
+        } else {
+            Engine::Candle
+        };
+        Self::load_folder_with(folder, device, max_seq_length, engine)
+    }
+
+    /// [`Embeddings::load_folder`] with the engine chosen by the caller
+    /// ([`Engine::Native`] needs `device` to be the CPU).
+    pub fn load_folder_with(
+        folder: &Path,
+        device: Device,
+        max_seq_length: Option<usize>,
+        engine: Engine,
     ) -> Result<Self, PipelineError> {
         if !folder.join("model.safetensors").is_file() {
             return Err(PipelineError::msg(format!(
@@ -126,46 +166,44 @@ impl Embeddings {
             }))
             .map_err(|err| PipelineError::msg(format!("tokenizer truncation: {err}")))?;
         tokenizer.with_padding(None);
-        let encoder = BertEncoder::load(&folder.join("model.safetensors"), config, &device)?;
-        Ok(Embeddings {
-            tokenizer,
-            encoder,
-            device,
-        })
+        let mut weights =
+            Weights::read(&folder.join("model.safetensors")).map_err(PipelineError::msg)?;
+        let encoder = match engine {
+            Engine::Native if !device.is_cpu() => {
+                return Err(PipelineError::msg(
+                    "the native encoder runs on the CPU only",
+                ));
+            }
+            Engine::Native => Encoder::Native(
+                CpuEncoder::load(&mut weights, &config).map_err(PipelineError::msg)?,
+            ),
+            Engine::Candle => Encoder::Candle {
+                encoder: Box::new(BertEncoder::load(&mut weights, config, &device)?),
+                device,
+            },
+        };
+        Ok(Embeddings { tokenizer, encoder })
     }
 
     /// Embeds tokenized inputs, in order.
     pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let (encoder, device) = match &self.encoder {
+            Encoder::Native(encoder) => {
+                let sequences: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+                return encoder.embed(&sequences).map_err(PipelineError::msg);
+            }
+            Encoder::Candle { encoder, device } => (encoder, device),
+        };
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let mut embeddings = vec![Vec::new(); ids.len()];
         for group in length_groups(&order, ids) {
-            let vectors = self.embed_group(group.iter().map(|&i| ids[i].as_slice()))?;
+            let vectors = embed_group(encoder, device, group.iter().map(|&i| ids[i].as_slice()))?;
             for (&index, vector) in group.iter().zip(vectors) {
                 embeddings[index] = vector;
             }
         }
         Ok(embeddings)
-    }
-
-    fn embed_group<'a>(
-        &self,
-        items: impl ExactSizeIterator<Item = &'a [u32]> + Clone,
-    ) -> Result<Vec<Vec<f32>>, PipelineError> {
-        let batch = items.len();
-        let len = items.clone().map(<[u32]>::len).max().unwrap_or(0).max(1);
-        let mut flat_ids = Vec::with_capacity(batch * len);
-        let mut flat_mask = Vec::with_capacity(batch * len);
-        for item in items {
-            flat_ids.extend_from_slice(item);
-            flat_ids.extend(std::iter::repeat_n(0u32, len - item.len()));
-            flat_mask.extend(std::iter::repeat_n(1f32, item.len()));
-            flat_mask.extend(std::iter::repeat_n(0f32, len - item.len()));
-        }
-        let ids = Tensor::from_vec(flat_ids, (batch, len), &self.device)?;
-        let mask = Tensor::from_vec(flat_mask, (batch, len), &self.device)?;
-        let hidden = self.encoder.forward(&ids, &mask)?;
-        Ok(mean_pool_normalized(&hidden, &mask)?.to_vec2::<f32>()?)
     }
 
     /// Tokenizes texts (truncated at `max_seq_length`).
@@ -180,6 +218,28 @@ impl Embeddings {
             })
             .collect()
     }
+}
+
+/// Embeds one group of similar-length items on the candle encoder.
+fn embed_group<'a>(
+    encoder: &BertEncoder,
+    device: &Device,
+    items: impl ExactSizeIterator<Item = &'a [u32]> + Clone,
+) -> Result<Vec<Vec<f32>>, PipelineError> {
+    let batch = items.len();
+    let len = items.clone().map(<[u32]>::len).max().unwrap_or(0).max(1);
+    let mut flat_ids = Vec::with_capacity(batch * len);
+    let mut flat_mask = Vec::with_capacity(batch * len);
+    for item in items {
+        flat_ids.extend_from_slice(item);
+        flat_ids.extend(std::iter::repeat_n(0u32, len - item.len()));
+        flat_mask.extend(std::iter::repeat_n(1f32, item.len()));
+        flat_mask.extend(std::iter::repeat_n(0f32, len - item.len()));
+    }
+    let ids = Tensor::from_vec(flat_ids, (batch, len), device)?;
+    let mask = Tensor::from_vec(flat_mask, (batch, len), device)?;
+    let hidden = encoder.forward(&ids, &mask)?;
+    Ok(mean_pool_normalized(&hidden, &mask)?.to_vec2::<f32>()?)
 }
 
 /// Cuts items sorted by length into groups whose padding stays small:
@@ -244,7 +304,10 @@ impl InferencePipeline for Embeddings {
     }
 
     fn device(&self) -> String {
-        describe(&self.device)
+        match &self.encoder {
+            Encoder::Native(_) => describe(&Device::Cpu),
+            Encoder::Candle { device, .. } => describe(device),
+        }
     }
 }
 

@@ -57,10 +57,10 @@ pub fn app_name(settings: &Settings, postfix: Option<&str>) -> String {
 /// The settings as JSON with secrets replaced by `"***"`.
 pub fn redacted(settings: &Settings) -> Value {
     let mut value = serde_json::to_value(settings).unwrap_or(Value::Null);
-    if let Some(auth) = value.pointer_mut("/app_settings/auth_config/api_key") {
-        if !auth.is_null() {
-            *auth = Value::from("***");
-        }
+    if let Some(auth) = value.pointer_mut("/app_settings/auth_config/api_key")
+        && !auth.is_null()
+    {
+        *auth = Value::from("***");
     }
     value
 }

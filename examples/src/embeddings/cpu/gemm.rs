@@ -1,0 +1,317 @@
+//! Linear layers against weights packed once at load.
+//!
+//! A weight matrix is stored as panels of [`PANEL`] output columns, each
+//! panel `inputs × PANEL` contiguous, so the inner loop streams one panel
+//! while a tile of up to 12 activation rows (packed input-major) is
+//! broadcast against it: 12 × 32 accumulators live in 24 vector registers,
+//! start at the bias, and get the activation (GELU) applied before they are
+//! stored. Nothing is packed per call but the activations, which are small.
+//!
+//! Work is split across rayon's pool by rows when there are many (a batch)
+//! and by panels when there are few (one sentence), so both cores stay busy.
+
+use rayon::prelude::*;
+
+use super::ops::gelu;
+
+/// Output columns in one packed panel (two 16-lane vectors).
+pub const PANEL: usize = 32;
+/// The most activation rows one tile computes at once.
+const MAX_TILE_ROWS: usize = 12;
+/// Rows one task takes when a product is split by rows.
+const ROWS_PER_TASK: usize = 4 * MAX_TILE_ROWS;
+
+/// A linear layer (`y = x Wᵀ + b`) with its weight packed for [`linear`].
+pub struct PackedLinear {
+    inputs: usize,
+    outputs: usize,
+    /// `[outputs / PANEL][inputs][PANEL]`.
+    panels: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl PackedLinear {
+    /// Packs a PyTorch-layout weight (`outputs × inputs`, row-major) and its bias.
+    pub fn new(
+        weight: &[f32],
+        bias: &[f32],
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<Self, String> {
+        if weight.len() != outputs * inputs || bias.len() != outputs {
+            return Err(format!(
+                "linear layer: weight of {} values and bias of {} for {outputs}x{inputs}",
+                weight.len(),
+                bias.len()
+            ));
+        }
+        if !outputs.is_multiple_of(PANEL) || inputs == 0 {
+            return Err(format!(
+                "linear layer {outputs}x{inputs}: outputs must be a multiple of {PANEL}"
+            ));
+        }
+        let mut panels = vec![0f32; outputs * inputs];
+        for (panel, packed) in panels.chunks_exact_mut(inputs * PANEL).enumerate() {
+            for (input, row) in packed.chunks_exact_mut(PANEL).enumerate() {
+                for (column, value) in row.iter_mut().enumerate() {
+                    *value = weight[(panel * PANEL + column) * inputs + input];
+                }
+            }
+        }
+        Ok(PackedLinear {
+            inputs,
+            outputs,
+            panels,
+            bias: bias.to_vec(),
+        })
+    }
+
+    /// Width of an input row.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Width of an output row.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+}
+
+/// What happens to each output after the bias is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Nothing.
+    Identity,
+    /// Exact (erf) GELU.
+    Gelu,
+}
+
+/// `out = activation(x Wᵀ + b)` for row-major `x` (`rows × inputs`) and
+/// `out` (`rows × outputs`).
+pub fn linear(x: &[f32], layer: &PackedLinear, activation: Activation, out: &mut [f32]) {
+    let rows = x.len() / layer.inputs;
+    assert_eq!(x.len(), rows * layer.inputs, "linear: ragged input");
+    assert_eq!(out.len(), rows * layer.outputs, "linear: output size");
+    let panels = layer.outputs / PANEL;
+    let threads = rayon::current_num_threads().max(1);
+    if rows >= ROWS_PER_TASK * threads || threads == 1 {
+        out.par_chunks_mut(ROWS_PER_TASK * layer.outputs)
+            .zip(x.par_chunks(ROWS_PER_TASK * layer.inputs))
+            .for_each(|(out, x)| block(x, layer, 0, panels, activation, out));
+        return;
+    }
+    // Few rows: split the panels, each task into its own buffer, then
+    // interleave the column blocks into `out`.
+    let per_task = panels.div_ceil(threads);
+    let parts: Vec<(usize, Vec<f32>)> = (0..panels.div_ceil(per_task))
+        .into_par_iter()
+        .map(|task| {
+            let first = task * per_task;
+            let count = per_task.min(panels - first);
+            let mut part = vec![0f32; rows * count * PANEL];
+            block(x, layer, first, count, activation, &mut part);
+            (first * PANEL, part)
+        })
+        .collect();
+    for (column, part) in parts {
+        let width = part.len() / rows;
+        for (out_row, part_row) in out
+            .chunks_exact_mut(layer.outputs)
+            .zip(part.chunks_exact(width))
+        {
+            out_row[column..column + width].copy_from_slice(part_row);
+        }
+    }
+}
+
+/// Panels `first..first + count` of `activation(x Wᵀ + b)` into `out`
+/// (`rows × count·PANEL`, row-major).
+fn block(
+    x: &[f32],
+    layer: &PackedLinear,
+    first: usize,
+    count: usize,
+    activation: Activation,
+    out: &mut [f32],
+) {
+    let inputs = layer.inputs;
+    let rows = x.len() / inputs;
+    let width = count * PANEL;
+    // Tiles of balanced heights (14 rows: 7 + 7, not 12 + 2), each packed
+    // input-major so the kernel reads one contiguous run per input.
+    let tiles = rows.div_ceil(MAX_TILE_ROWS);
+    let mut heights = Vec::with_capacity(tiles);
+    let mut packed = vec![0f32; x.len()];
+    let mut start = 0;
+    for tile in 0..tiles {
+        let height = (rows - start).div_ceil(tiles - tile);
+        let tile_x = &x[start * inputs..(start + height) * inputs];
+        let dest = &mut packed[start * inputs..(start + height) * inputs];
+        for (row, values) in tile_x.chunks_exact(inputs).enumerate() {
+            for (input, &value) in values.iter().enumerate() {
+                dest[input * height + row] = value;
+            }
+        }
+        heights.push((start, height));
+        start += height;
+    }
+    let fast = avx512::available();
+    for panel in 0..count {
+        let index = first + panel;
+        let weights = &layer.panels[index * inputs * PANEL..(index + 1) * inputs * PANEL];
+        let Some(bias) = layer.bias[index * PANEL..].first_chunk::<PANEL>() else {
+            return;
+        };
+        for &(start, height) in &heights {
+            let tile = Tile {
+                x: &packed[start * inputs..(start + height) * inputs],
+                weights,
+                bias,
+                activation,
+            };
+            let out = &mut out[start * width + panel * PANEL..];
+            if fast {
+                avx512::tile(height, &tile, out, width);
+            } else {
+                portable_tile(height, &tile, out, width);
+            }
+        }
+    }
+}
+
+/// The inputs of one tile: `x` is `inputs × rows` (packed input-major),
+/// `weights` one panel (`inputs × PANEL`).
+struct Tile<'a> {
+    x: &'a [f32],
+    weights: &'a [f32],
+    bias: &'a [f32; PANEL],
+    activation: Activation,
+}
+
+/// Stores a finished tile row, applying the activation.
+#[inline(always)]
+fn finish_row(row: &mut [f32; PANEL], activation: Activation, out: &mut [f32]) {
+    if activation == Activation::Gelu {
+        for v in row.iter_mut() {
+            *v = gelu(*v);
+        }
+    }
+    out[..PANEL].copy_from_slice(row);
+}
+
+/// The tile on any CPU (plain loops; used where AVX-512 is missing).
+fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
+    let mut acc = [*tile.bias; MAX_TILE_ROWS];
+    for (x_column, weight_row) in tile
+        .x
+        .chunks_exact(rows)
+        .zip(tile.weights.chunks_exact(PANEL))
+    {
+        for (acc_row, &value) in acc.iter_mut().zip(x_column) {
+            for (a, &w) in acc_row.iter_mut().zip(weight_row) {
+                *a += value * w;
+            }
+        }
+    }
+    for (row, acc_row) in acc.iter_mut().take(rows).enumerate() {
+        finish_row(acc_row, tile.activation, &mut out[row * stride..]);
+    }
+}
+
+/// The tile in AVX-512 registers: each row's 32 accumulators are two
+/// vectors, the weights of one input two loads, each activation one
+/// broadcast; 12 rows use 24 of the 32 vector registers.
+#[allow(unsafe_code)]
+mod avx512 {
+    use super::{MAX_TILE_ROWS, PANEL, Tile, finish_row};
+
+    /// Whether [`tile`] may run on this CPU.
+    pub fn available() -> bool {
+        super::super::isa::avx512()
+    }
+
+    /// Computes a tile of `rows` (1..=12) rows. Panics if AVX-512 is not
+    /// [`available`].
+    pub fn tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
+        assert!(
+            available(),
+            "AVX-512 kernel called on a CPU without AVX-512"
+        );
+        assert!((1..=MAX_TILE_ROWS).contains(&rows), "tile of {rows} rows");
+        // SAFETY: the CPU supports AVX-512F/VL/BW/DQ and FMA (asserted
+        // above), which is all `rows_of` is compiled for.
+        unsafe {
+            match rows {
+                1 => rows_of::<1>(tile, out, stride),
+                2 => rows_of::<2>(tile, out, stride),
+                3 => rows_of::<3>(tile, out, stride),
+                4 => rows_of::<4>(tile, out, stride),
+                5 => rows_of::<5>(tile, out, stride),
+                6 => rows_of::<6>(tile, out, stride),
+                7 => rows_of::<7>(tile, out, stride),
+                8 => rows_of::<8>(tile, out, stride),
+                9 => rows_of::<9>(tile, out, stride),
+                10 => rows_of::<10>(tile, out, stride),
+                11 => rows_of::<11>(tile, out, stride),
+                _ => rows_of::<12>(tile, out, stride),
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    fn rows_of<const ROWS: usize>(tile: &Tile, out: &mut [f32], stride: usize) {
+        use std::arch::x86_64::{
+            __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
+        };
+
+        #[inline(always)]
+        fn load(values: &[f32; 16]) -> __m512 {
+            // SAFETY: reads exactly the 16 floats of `values`; AVX-512F is
+            // enabled in the only caller.
+            unsafe { _mm512_loadu_ps(values.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(vector: __m512, values: &mut [f32; 16]) {
+            // SAFETY: writes exactly the 16 floats of `values`.
+            unsafe { _mm512_storeu_ps(values.as_mut_ptr(), vector) }
+        }
+        let halves = |row: &[f32; PANEL]| -> (__m512, __m512) {
+            let (low, high) = row.split_at(16);
+            match (low.first_chunk::<16>(), high.first_chunk::<16>()) {
+                (Some(low), Some(high)) => (load(low), load(high)),
+                _ => unreachable!("a panel row has 32 values"),
+            }
+        };
+        let (bias_low, bias_high) = halves(tile.bias);
+        let mut low = [bias_low; ROWS];
+        let mut high = [bias_high; ROWS];
+        let (x_columns, _) = tile.x.as_chunks::<ROWS>();
+        let (weight_rows, _) = tile.weights.as_chunks::<PANEL>();
+        for (x_column, weight_row) in x_columns.iter().zip(weight_rows) {
+            let (w_low, w_high) = halves(weight_row);
+            for row in 0..ROWS {
+                let value = _mm512_set1_ps(x_column[row]);
+                low[row] = _mm512_fmadd_ps(value, w_low, low[row]);
+                high[row] = _mm512_fmadd_ps(value, w_high, high[row]);
+            }
+        }
+        for row in 0..ROWS {
+            let mut values = [0f32; PANEL];
+            let (first, second) = values.split_at_mut(16);
+            if let (Some(first), Some(second)) = (
+                first.first_chunk_mut::<16>(),
+                second.first_chunk_mut::<16>(),
+            ) {
+                store(low[row], first);
+                store(high[row], second);
+            }
+            finish_row(&mut values, tile.activation, &mut out[row * stride..]);
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn rows_of<const ROWS: usize>(_: &Tile, _: &mut [f32], _: usize) {
+        unreachable!("AVX-512 is never available off x86-64")
+    }
+}

@@ -1,0 +1,178 @@
+//! The BERT encoder on CPU without candle: weights packed once at load
+//! ([`gemm`]), tokens of all sequences packed one after another with no
+//! padding (linear layers see only real tokens; attention runs per
+//! sequence), fused bias + GELU in the product's epilogue, and kernels
+//! compiled for AVX-512 when the CPU has it ([`isa`]). Numerically it is
+//! the same model as [`super::bert::BertEncoder`] (the tests compare both).
+
+pub mod gemm;
+pub mod isa;
+pub mod ops;
+
+use std::ops::Range;
+
+use gemm::{Activation, PackedLinear, linear};
+use ops::{AttentionShape, EmbeddingTables, LayerNorm, add_residual_norm, attention, embed_tokens};
+
+use super::bert::BertConfig;
+use super::weights::Weights;
+
+/// Rows of the feed-forward block computed at once: bounds its
+/// `rows × intermediate` scratch for long batches (1024 × 1536 floats = 6 MB).
+const FEED_FORWARD_ROWS: usize = 1024;
+
+struct Layer {
+    qkv: PackedLinear,
+    attention_out: PackedLinear,
+    attention_norm: LayerNorm,
+    intermediate: PackedLinear,
+    output: PackedLinear,
+    output_norm: LayerNorm,
+}
+
+/// The encoder plus mean pooling: token ids in, normalized sentence vectors out.
+pub struct CpuEncoder {
+    tables: EmbeddingTables,
+    layers: Vec<Layer>,
+    shape: AttentionShape,
+    hidden: usize,
+    vocabulary: usize,
+    max_positions: usize,
+}
+
+impl CpuEncoder {
+    /// Builds the encoder from `model.safetensors`' tensors.
+    pub fn load(weights: &mut Weights, config: &BertConfig) -> Result<Self, String> {
+        let hidden = config.hidden_size;
+        let heads = config.num_attention_heads;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            return Err(format!(
+                "hidden_size {hidden} is not a multiple of {heads} heads"
+            ));
+        }
+        let head_dim = hidden / heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let eps = config.layer_norm_eps as f32;
+        let intermediate = config.intermediate_size;
+        let norm = |weights: &mut Weights, prefix: &str| -> Result<LayerNorm, String> {
+            Ok(LayerNorm {
+                gamma: weights.values(&format!("{prefix}.weight"), &[hidden])?,
+                beta: weights.values(&format!("{prefix}.bias"), &[hidden])?,
+                eps,
+            })
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let mut qkv_weight = Vec::with_capacity(3 * hidden * hidden);
+            let mut qkv_bias = Vec::with_capacity(3 * hidden);
+            for (name, factor) in [("query", scale), ("key", 1.0), ("value", 1.0)] {
+                let weight = weights.values(
+                    &format!("{p}.attention.self.{name}.weight"),
+                    &[hidden, hidden],
+                )?;
+                let bias = weights.values(&format!("{p}.attention.self.{name}.bias"), &[hidden])?;
+                // The attention scale is folded into the query projection.
+                qkv_weight.extend(weight.iter().map(|w| w * factor));
+                qkv_bias.extend(bias.iter().map(|b| b * factor));
+            }
+            let packed = |weights: &mut Weights, name: &str, outputs: usize, inputs: usize| {
+                let weight = weights.values(&format!("{p}.{name}.weight"), &[outputs, inputs])?;
+                let bias = weights.values(&format!("{p}.{name}.bias"), &[outputs])?;
+                PackedLinear::new(&weight, &bias, outputs, inputs)
+            };
+            layers.push(Layer {
+                qkv: PackedLinear::new(&qkv_weight, &qkv_bias, 3 * hidden, hidden)?,
+                attention_out: packed(weights, "attention.output.dense", hidden, hidden)?,
+                attention_norm: norm(weights, &format!("{p}.attention.output.LayerNorm"))?,
+                intermediate: packed(weights, "intermediate.dense", intermediate, hidden)?,
+                output: packed(weights, "output.dense", hidden, intermediate)?,
+                output_norm: norm(weights, &format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        let words = weights.take("embeddings.word_embeddings.weight")?;
+        let vocabulary = words.shape.first().copied().unwrap_or(0);
+        if words.shape != [vocabulary, hidden] {
+            return Err(format!("word embeddings of shape {:?}", words.shape));
+        }
+        let max_positions = config.max_position_embeddings;
+        let mut positions = weights.values(
+            "embeddings.position_embeddings.weight",
+            &[max_positions, hidden],
+        )?;
+        let token_types = weights.take("embeddings.token_type_embeddings.weight")?;
+        if token_types.values.len() < hidden {
+            return Err("token type embeddings are empty".into());
+        }
+        // Every token is of type 0: fold that row into the position table.
+        for row in positions.chunks_exact_mut(hidden) {
+            for (p, &t) in row.iter_mut().zip(&token_types.values[..hidden]) {
+                *p += t;
+            }
+        }
+        Ok(CpuEncoder {
+            tables: EmbeddingTables {
+                words: words.values,
+                positions,
+                norm: norm(weights, "embeddings.LayerNorm")?,
+            },
+            layers,
+            shape: AttentionShape { heads, head_dim },
+            hidden,
+            vocabulary,
+            max_positions,
+        })
+    }
+
+    /// Mean-pooled, L2-normalized embeddings of token-id sequences, in order.
+    pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        let mut spans: Vec<Range<usize>> = Vec::with_capacity(sequences.len());
+        let mut tokens = 0;
+        for ids in sequences {
+            if ids.len() > self.max_positions {
+                return Err(format!(
+                    "{} tokens; the model takes at most {}",
+                    ids.len(),
+                    self.max_positions
+                ));
+            }
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocabulary) {
+                return Err(format!(
+                    "token id {id} outside the vocabulary of {}",
+                    self.vocabulary
+                ));
+            }
+            spans.push(tokens..tokens + ids.len());
+            tokens += ids.len();
+        }
+        let hidden = self.hidden;
+        let mut x = vec![0f32; tokens * hidden];
+        embed_tokens(&self.tables, sequences, &mut x);
+        let mut qkv = vec![0f32; tokens * 3 * hidden];
+        let mut context = vec![0f32; tokens * hidden];
+        let mut y = vec![0f32; tokens * hidden];
+        let ff_rows = FEED_FORWARD_ROWS.min(tokens.max(1));
+        let mut intermediate =
+            vec![0f32; ff_rows * self.layers.first().map_or(0, |l| l.intermediate.outputs())];
+        for layer in &self.layers {
+            linear(&x, &layer.qkv, Activation::Identity, &mut qkv);
+            attention(&qkv, &spans, self.shape, &mut context);
+            linear(&context, &layer.attention_out, Activation::Identity, &mut y);
+            add_residual_norm(&mut y, &x, &layer.attention_norm);
+            std::mem::swap(&mut x, &mut y);
+            let width = layer.intermediate.outputs();
+            for (x_rows, y_rows) in x
+                .chunks(FEED_FORWARD_ROWS * hidden)
+                .zip(y.chunks_mut(FEED_FORWARD_ROWS * hidden))
+            {
+                let rows = x_rows.len() / hidden;
+                let scratch = &mut intermediate[..rows * width];
+                linear(x_rows, &layer.intermediate, Activation::Gelu, scratch);
+                linear(scratch, &layer.output, Activation::Identity, y_rows);
+            }
+            add_residual_norm(&mut y, &x, &layer.output_norm);
+            std::mem::swap(&mut x, &mut y);
+        }
+        Ok(ops::mean_pool_normalized(&x, &spans, hidden))
+    }
+}

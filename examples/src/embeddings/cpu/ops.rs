@@ -1,0 +1,280 @@
+//! The BERT forward's row operations on CPU: embedding lookup + layer norm,
+//! residual + layer norm, attention per head, GELU, mean pooling. Written as
+//! plain loops LLVM vectorizes; sums run in 16 lanes (float addition is not
+//! reassociated by the compiler, so a plain `sum()` would stay scalar).
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::isa::madd;
+use crate::multiversion;
+
+/// Lanes of the partial sums (one AVX-512 vector).
+const LANES: usize = 16;
+/// Rows handed to one rayon task by the row-wise operations.
+const ROWS_PER_TASK: usize = 32;
+
+/// `exp(x)` for x in about [-87, 88]: 2^n · p(r) with n = round(x / ln 2),
+/// built from bit operations so it vectorizes (no libm call per element).
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest with the 1.5 · 2^23 trick; the integer sits in the low bits.
+    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
+    // ln 2 split in two (Cody-Waite) so r stays exact for large |n|.
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let exponent = shifted
+        .to_bits()
+        .wrapping_sub(0x4B40_0000)
+        .wrapping_add(127)
+        << 23;
+    p * f32::from_bits(exponent)
+}
+
+/// Exact GELU, `0.5 x (1 + erf(x / √2))`, with erf from Abramowitz & Stegun
+/// 7.1.26 (|error| ≤ 1.5e-7).
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    let z = x * std::f32::consts::FRAC_1_SQRT_2;
+    let a = z.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let erf_abs = 1.0 - poly * fast_exp(-a * a);
+    0.5 * x * (1.0 + erf_abs.copysign(z))
+}
+
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (chunks, rest) = values.as_chunks::<LANES>();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::MIN; LANES];
+    let (chunks, rest) = values.as_chunks::<LANES>();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v);
+        }
+    }
+    rest.iter().chain(&lanes).fold(f32::MIN, |m, &v| m.max(v))
+}
+
+/// Layer norm of one row in place.
+#[inline(always)]
+fn normalize<const FMA: bool>(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let width = row.len() as f32;
+    let mean = lane_sum(row) / width;
+    let mut lanes = [0f32; LANES];
+    let (chunks, rest) = row.as_chunks_mut::<LANES>();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *v -= mean;
+            *lane = madd::<FMA>(*v, *v, *lane);
+        }
+    }
+    let mut squares = lanes.iter().sum::<f32>();
+    for v in rest {
+        *v -= mean;
+        squares += *v * *v;
+    }
+    let inv_std = 1.0 / (squares / width + eps).sqrt();
+    for ((v, &g), &b) in row.iter_mut().zip(gamma).zip(beta) {
+        *v = madd::<FMA>(*v * inv_std, g, b);
+    }
+}
+
+/// Parameters of a layer norm.
+pub struct LayerNorm {
+    /// Scale.
+    pub gamma: Vec<f32>,
+    /// Shift.
+    pub beta: Vec<f32>,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+/// `x = layer_norm(x + residual)`, row by row (rows of `norm.gamma.len()`).
+pub fn add_residual_norm(x: &mut [f32], residual: &[f32], norm: &LayerNorm) {
+    let width = norm.gamma.len();
+    x.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(residual.par_chunks(width * ROWS_PER_TASK))
+        .for_each(|(x, residual)| add_residual_norm_rows(x, residual, norm));
+}
+
+multiversion! {
+    fn add_residual_norm_rows<const FMA: bool>(x: &mut [f32], residual: &[f32], norm: &LayerNorm) {
+        let width = norm.gamma.len();
+        for (row, residual) in x.chunks_exact_mut(width).zip(residual.chunks_exact(width)) {
+            for (v, &r) in row.iter_mut().zip(residual) {
+                *v += r;
+            }
+            normalize::<FMA>(row, &norm.gamma, &norm.beta, norm.eps);
+        }
+    }
+}
+
+/// The embedding tables of the model.
+pub struct EmbeddingTables {
+    /// `vocabulary × hidden`.
+    pub words: Vec<f32>,
+    /// `max_positions × hidden`, with the token-type-0 row already added.
+    pub positions: Vec<f32>,
+    /// The layer norm after the sum.
+    pub norm: LayerNorm,
+}
+
+/// Writes `layer_norm(word + position + type)` for every token of every
+/// sequence into `out` (`tokens × hidden`, sequences one after another).
+/// Token ids must be inside the vocabulary and sequences inside the
+/// position table (the caller checks).
+pub fn embed_tokens(tables: &EmbeddingTables, sequences: &[&[u32]], out: &mut [f32]) {
+    let hidden = tables.norm.gamma.len();
+    let tokens: Vec<(u32, usize)> = sequences
+        .iter()
+        .flat_map(|ids| ids.iter().enumerate().map(|(position, &id)| (id, position)))
+        .collect();
+    out.par_chunks_mut(hidden * ROWS_PER_TASK)
+        .zip(tokens.par_chunks(ROWS_PER_TASK))
+        .for_each(|(rows, tokens)| embed_rows(tables, tokens, rows));
+}
+
+multiversion! {
+    fn embed_rows<const FMA: bool>(tables: &EmbeddingTables, tokens: &[(u32, usize)], rows: &mut [f32]) {
+        let hidden = tables.norm.gamma.len();
+        for (row, &(id, position)) in rows.chunks_exact_mut(hidden).zip(tokens) {
+            let word = &tables.words[id as usize * hidden..][..hidden];
+            let position = &tables.positions[position * hidden..][..hidden];
+            for ((v, &w), &p) in row.iter_mut().zip(word).zip(position) {
+                *v = w + p;
+            }
+            normalize::<FMA>(row, &tables.norm.gamma, &tables.norm.beta, tables.norm.eps);
+        }
+    }
+}
+
+/// The shape of the attention inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    /// Heads per layer.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+/// Self-attention of every sequence on its own tokens (no padding exists):
+/// `qkv` is `tokens × 3·hidden` (queries pre-scaled by 1/√head_dim), the
+/// result `tokens × hidden` goes to `out`. One task per head.
+pub fn attention(qkv: &[f32], spans: &[Range<usize>], shape: AttentionShape, out: &mut [f32]) {
+    let hidden = shape.heads * shape.head_dim;
+    let tokens = qkv.len() / (3 * hidden);
+    // Head-major scratch ([head][token][head_dim]) so each task owns a slice.
+    let mut by_head = vec![0f32; tokens * hidden];
+    by_head
+        .par_chunks_mut(tokens * shape.head_dim)
+        .enumerate()
+        .for_each(|(head, head_out)| attention_head(qkv, spans, shape, head, head_out));
+    for (head, head_out) in by_head.chunks_exact(tokens * shape.head_dim).enumerate() {
+        for (out_row, values) in out
+            .chunks_exact_mut(hidden)
+            .zip(head_out.chunks_exact(shape.head_dim))
+        {
+            out_row[head * shape.head_dim..(head + 1) * shape.head_dim].copy_from_slice(values);
+        }
+    }
+}
+
+multiversion! {
+    fn attention_head<const FMA: bool>(
+        qkv: &[f32],
+        spans: &[Range<usize>],
+        shape: AttentionShape,
+        head: usize,
+        out: &mut [f32],
+    ) {
+        let head_dim = shape.head_dim;
+        let hidden = shape.heads * head_dim;
+        let stride = 3 * hidden;
+        let column = head * head_dim;
+        let mut keys_t = Vec::new();
+        let mut scores = Vec::new();
+        for span in spans {
+            let len = span.len();
+            // Keys transposed ([dim][token]) so scores vectorize across tokens.
+            keys_t.clear();
+            keys_t.resize(head_dim * len, 0f32);
+            for (j, token) in span.clone().enumerate() {
+                let key = &qkv[token * stride + hidden + column..][..head_dim];
+                for (d, &k) in key.iter().enumerate() {
+                    keys_t[d * len + j] = k;
+                }
+            }
+            scores.clear();
+            scores.resize(len, 0f32);
+            for token in span.clone() {
+                let query = &qkv[token * stride + column..][..head_dim];
+                scores.fill(0.0);
+                for (&q, keys) in query.iter().zip(keys_t.chunks_exact(len)) {
+                    for (s, &k) in scores.iter_mut().zip(keys) {
+                        *s = madd::<FMA>(q, k, *s);
+                    }
+                }
+                let max = lane_max(&scores);
+                for s in scores.iter_mut() {
+                    *s = fast_exp(*s - max);
+                }
+                let inv_sum = 1.0 / lane_sum(&scores);
+                let context = &mut out[token * head_dim..(token + 1) * head_dim];
+                context.fill(0.0);
+                for (&p, other) in scores.iter().zip(span.clone()) {
+                    let value = &qkv[other * stride + 2 * hidden + column..][..head_dim];
+                    let weight = p * inv_sum;
+                    for (c, &v) in context.iter_mut().zip(value) {
+                        *c = madd::<FMA>(weight, v, *c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Mean of each span's rows, L2-normalized (as sentence-transformers'
+/// mean pooling + `Normalize`).
+pub fn mean_pool_normalized(
+    hidden_states: &[f32],
+    spans: &[Range<usize>],
+    width: usize,
+) -> Vec<Vec<f32>> {
+    spans
+        .iter()
+        .map(|span| {
+            let mut mean = vec![0f32; width];
+            for row in hidden_states[span.start * width..span.end * width].chunks_exact(width) {
+                for (m, &v) in mean.iter_mut().zip(row) {
+                    *m += v;
+                }
+            }
+            let count = span.len().max(1) as f32;
+            mean.iter_mut().for_each(|m| *m /= count);
+            let norm = mean.iter().map(|m| m * m).sum::<f32>().sqrt().max(1e-12);
+            mean.iter_mut().for_each(|m| *m /= norm);
+            mean
+        })
+        .collect()
+}
