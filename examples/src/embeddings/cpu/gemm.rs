@@ -136,25 +136,49 @@ fn block(
 ) {
     let inputs = layer.inputs;
     let rows = x.len() / inputs;
-    let width = count * PANEL;
     // Tiles of balanced heights (14 rows: 7 + 7, not 12 + 2), each packed
     // input-major so the kernel reads one contiguous run per input.
     let tiles = rows.div_ceil(MAX_TILE_ROWS);
     let mut heights = Vec::with_capacity(tiles);
-    let mut packed = vec![0f32; x.len()];
-    let mut start = 0;
-    for tile in 0..tiles {
-        let height = (rows - start).div_ceil(tiles - tile);
-        let tile_x = &x[start * inputs..(start + height) * inputs];
-        let dest = &mut packed[start * inputs..(start + height) * inputs];
-        for (row, values) in tile_x.chunks_exact(inputs).enumerate() {
-            for (input, &value) in values.iter().enumerate() {
-                dest[input * height + row] = value;
+    PACKED.with_borrow_mut(|packed| {
+        packed.clear();
+        packed.resize(x.len(), 0f32);
+        let mut start = 0;
+        for tile in 0..tiles {
+            let height = (rows - start).div_ceil(tiles - tile);
+            let tile_x = &x[start * inputs..(start + height) * inputs];
+            let dest = &mut packed[start * inputs..(start + height) * inputs];
+            for (row, values) in tile_x.chunks_exact(inputs).enumerate() {
+                for (input, &value) in values.iter().enumerate() {
+                    dest[input * height + row] = value;
+                }
             }
+            heights.push((start, height));
+            start += height;
         }
-        heights.push((start, height));
-        start += height;
-    }
+        compute_panels(packed, &heights, layer, first, count, activation, out);
+    });
+}
+
+thread_local! {
+    /// Each thread's buffer for packed activations, reused across calls
+    /// (a fresh one per call costs page faults).
+    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The tiles of `packed` (given as `(first row, rows)`) against panels
+/// `first..first + count`.
+fn compute_panels(
+    packed: &[f32],
+    heights: &[(usize, usize)],
+    layer: &PackedLinear,
+    first: usize,
+    count: usize,
+    activation: Activation,
+    out: &mut [f32],
+) {
+    let inputs = layer.inputs;
+    let width = count * PANEL;
     let fast = avx512::available();
     for panel in 0..count {
         let index = first + panel;
@@ -162,7 +186,7 @@ fn block(
         let Some(bias) = layer.bias[index * PANEL..].first_chunk::<PANEL>() else {
             return;
         };
-        for &(start, height) in &heights {
+        for &(start, height) in heights {
             let tile = Tile {
                 x: &packed[start * inputs..(start + height) * inputs],
                 weights,

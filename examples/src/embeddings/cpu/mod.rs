@@ -146,33 +146,83 @@ impl CpuEncoder {
             tokens += ids.len();
         }
         let hidden = self.hidden;
-        let mut x = vec![0f32; tokens * hidden];
-        embed_tokens(&self.tables, sequences, &mut x);
-        let mut qkv = vec![0f32; tokens * 3 * hidden];
-        let mut context = vec![0f32; tokens * hidden];
-        let mut y = vec![0f32; tokens * hidden];
-        let ff_rows = FEED_FORWARD_ROWS.min(tokens.max(1));
-        let mut intermediate =
-            vec![0f32; ff_rows * self.layers.first().map_or(0, |l| l.intermediate.outputs())];
+        let width = self.layers.first().map_or(0, |l| l.intermediate.outputs());
+        let ff_rows = FEED_FORWARD_ROWS.min(tokens);
+        let mut scratch = SCRATCH.take();
+        let Scratch {
+            x,
+            qkv,
+            context,
+            y,
+            intermediate,
+        } = &mut scratch;
+        for (buffer, len) in [
+            (&mut *x, tokens * hidden),
+            (&mut *qkv, tokens * 3 * hidden),
+            (&mut *context, tokens * hidden),
+            (&mut *y, tokens * hidden),
+            (&mut *intermediate, ff_rows * width),
+        ] {
+            buffer.clear();
+            buffer.resize(len, 0f32);
+        }
+        embed_tokens(&self.tables, sequences, x);
         for layer in &self.layers {
-            linear(&x, &layer.qkv, Activation::Identity, &mut qkv);
-            attention(&qkv, &spans, self.shape, &mut context);
-            linear(&context, &layer.attention_out, Activation::Identity, &mut y);
-            add_residual_norm(&mut y, &x, &layer.attention_norm);
-            std::mem::swap(&mut x, &mut y);
-            let width = layer.intermediate.outputs();
+            linear(x, &layer.qkv, Activation::Identity, qkv);
+            attention(qkv, &spans, self.shape, context);
+            linear(context, &layer.attention_out, Activation::Identity, y);
+            add_residual_norm(y, x, &layer.attention_norm);
+            std::mem::swap(x, y);
             for (x_rows, y_rows) in x
                 .chunks(FEED_FORWARD_ROWS * hidden)
                 .zip(y.chunks_mut(FEED_FORWARD_ROWS * hidden))
             {
                 let rows = x_rows.len() / hidden;
-                let scratch = &mut intermediate[..rows * width];
-                linear(x_rows, &layer.intermediate, Activation::Gelu, scratch);
-                linear(scratch, &layer.output, Activation::Identity, y_rows);
+                let inner = &mut intermediate[..rows * width];
+                linear(x_rows, &layer.intermediate, Activation::Gelu, inner);
+                linear(inner, &layer.output, Activation::Identity, y_rows);
             }
-            add_residual_norm(&mut y, &x, &layer.output_norm);
-            std::mem::swap(&mut x, &mut y);
+            add_residual_norm(y, x, &layer.output_norm);
+            std::mem::swap(x, y);
         }
-        Ok(ops::mean_pool_normalized(&x, &spans, hidden))
+        let embeddings = ops::mean_pool_normalized(x, &spans, hidden);
+        if scratch.bytes() <= MAX_KEPT_SCRATCH_BYTES {
+            SCRATCH.set(scratch);
+        }
+        Ok(embeddings)
     }
+}
+
+/// Scratch kept between calls only up to this size, so one batch of long
+/// texts does not pin its buffers for the life of the thread.
+const MAX_KEPT_SCRATCH_BYTES: usize = 32 << 20;
+
+/// The forward's activation buffers, reused across calls on a thread
+/// (fresh multi-megabyte buffers cost page faults every call).
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    y: Vec<f32>,
+    intermediate: Vec<f32>,
+}
+
+impl Scratch {
+    fn bytes(&self) -> usize {
+        [
+            &self.x,
+            &self.qkv,
+            &self.context,
+            &self.y,
+            &self.intermediate,
+        ]
+        .iter()
+        .map(|buffer| buffer.capacity() * 4)
+        .sum()
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }

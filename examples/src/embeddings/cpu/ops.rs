@@ -180,16 +180,48 @@ pub struct AttentionShape {
 
 /// Self-attention of every sequence on its own tokens (no padding exists):
 /// `qkv` is `tokens × 3·hidden` (queries pre-scaled by 1/√head_dim), the
-/// result `tokens × hidden` goes to `out`. One task per head.
+/// result `tokens × hidden` goes to `out`. Tasks take whole sequences (all
+/// heads while the sequence's rows are in cache); with fewer sequences than
+/// threads they take heads instead.
 pub fn attention(qkv: &[f32], spans: &[Range<usize>], shape: AttentionShape, out: &mut [f32]) {
     let hidden = shape.heads * shape.head_dim;
+    if spans.len() >= rayon::current_num_threads() {
+        let mut rest = &mut out[..];
+        let mut pieces = Vec::with_capacity(spans.len());
+        for span in spans {
+            let (rows, tail) = rest.split_at_mut(span.len() * hidden);
+            pieces.push((span.clone(), rows));
+            rest = tail;
+        }
+        pieces.into_par_iter().for_each(|(span, rows)| {
+            let spans = std::slice::from_ref(&span);
+            for head in 0..shape.heads {
+                let target = HeadOutput {
+                    rows: &mut *rows,
+                    first_token: span.start,
+                    stride: hidden,
+                    column: head * shape.head_dim,
+                };
+                attention_head(qkv, spans, shape, head, target);
+            }
+        });
+        return;
+    }
     let tokens = qkv.len() / (3 * hidden);
     // Head-major scratch ([head][token][head_dim]) so each task owns a slice.
     let mut by_head = vec![0f32; tokens * hidden];
     by_head
         .par_chunks_mut(tokens * shape.head_dim)
         .enumerate()
-        .for_each(|(head, head_out)| attention_head(qkv, spans, shape, head, head_out));
+        .for_each(|(head, rows)| {
+            let target = HeadOutput {
+                rows,
+                first_token: 0,
+                stride: shape.head_dim,
+                column: 0,
+            };
+            attention_head(qkv, spans, shape, head, target);
+        });
     for (head, head_out) in by_head.chunks_exact(tokens * shape.head_dim).enumerate() {
         for (out_row, values) in out
             .chunks_exact_mut(hidden)
@@ -200,13 +232,22 @@ pub fn attention(qkv: &[f32], spans: &[Range<usize>], shape: AttentionShape, out
     }
 }
 
+/// Where one head's context vectors go: token `t`'s at
+/// `rows[(t - first_token) * stride + column..][..head_dim]`.
+struct HeadOutput<'a> {
+    rows: &'a mut [f32],
+    first_token: usize,
+    stride: usize,
+    column: usize,
+}
+
 multiversion! {
     fn attention_head<const FMA: bool>(
         qkv: &[f32],
         spans: &[Range<usize>],
         shape: AttentionShape,
         head: usize,
-        out: &mut [f32],
+        target: HeadOutput,
     ) {
         let head_dim = shape.head_dim;
         let hidden = shape.heads * head_dim;
@@ -216,41 +257,86 @@ multiversion! {
         let mut scores = Vec::new();
         for span in spans {
             let len = span.len();
-            // Keys transposed ([dim][token]) so scores vectorize across tokens.
+            // Keys transposed ([dim][token], tokens padded with zero keys to
+            // whole vectors) so each query's scores are whole-vector FMAs.
+            let padded = len.next_multiple_of(LANES);
             keys_t.clear();
-            keys_t.resize(head_dim * len, 0f32);
+            keys_t.resize(head_dim * padded, 0f32);
             for (j, token) in span.clone().enumerate() {
                 let key = &qkv[token * stride + hidden + column..][..head_dim];
                 for (d, &k) in key.iter().enumerate() {
-                    keys_t[d * len + j] = k;
+                    keys_t[d * padded + j] = k;
                 }
             }
             scores.clear();
-            scores.resize(len, 0f32);
+            scores.resize(padded, 0f32);
             for token in span.clone() {
                 let query = &qkv[token * stride + column..][..head_dim];
-                scores.fill(0.0);
-                for (&q, keys) in query.iter().zip(keys_t.chunks_exact(len)) {
-                    for (s, &k) in scores.iter_mut().zip(keys) {
-                        *s = madd::<FMA>(q, k, *s);
+                let (score_blocks, _) = scores.as_chunks_mut::<LANES>();
+                for (block, score_block) in score_blocks.iter_mut().enumerate() {
+                    // A local accumulator: LLVM vectorizes it (not a slice it
+                    // cannot prove unaliased).
+                    let mut acc = [0f32; LANES];
+                    for (&q, keys) in query.iter().zip(keys_t.chunks_exact(padded)) {
+                        let Some(key_block) = keys[block * LANES..].first_chunk::<LANES>() else {
+                            continue;
+                        };
+                        for (a, &k) in acc.iter_mut().zip(key_block) {
+                            *a = madd::<FMA>(q, k, *a);
+                        }
                     }
+                    *score_block = acc;
                 }
-                let max = lane_max(&scores);
-                for s in scores.iter_mut() {
+                // Only the real tokens take part in the softmax.
+                let valid = &mut scores[..len];
+                let max = lane_max(valid);
+                for s in valid.iter_mut() {
                     *s = fast_exp(*s - max);
                 }
-                let inv_sum = 1.0 / lane_sum(&scores);
-                let context = &mut out[token * head_dim..(token + 1) * head_dim];
-                context.fill(0.0);
-                for (&p, other) in scores.iter().zip(span.clone()) {
-                    let value = &qkv[other * stride + 2 * hidden + column..][..head_dim];
-                    let weight = p * inv_sum;
-                    for (c, &v) in context.iter_mut().zip(value) {
-                        *c = madd::<FMA>(weight, v, *c);
-                    }
-                }
+                let inv_sum = 1.0 / lane_sum(valid);
+                let at = (token - target.first_token) * target.stride + target.column;
+                let context = &mut target.rows[at..at + head_dim];
+                weighted_sum::<FMA>(valid, inv_sum, |j| {
+                    let other = span.start + j;
+                    &qkv[other * stride + 2 * hidden + column..][..head_dim]
+                }, context);
             }
         }
+    }
+}
+
+/// `out = scale · Σ_j weights[j] · rows(j)`, in whole vectors where the
+/// width allows, accumulated in registers.
+#[inline(always)]
+fn weighted_sum<'a, const FMA: bool>(
+    weights: &[f32],
+    scale: f32,
+    rows: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
+    let (blocks, rest) = out.as_chunks_mut::<LANES>();
+    for (index, block) in blocks.iter_mut().enumerate() {
+        let mut acc = [0f32; LANES];
+        for (j, &w) in weights.iter().enumerate() {
+            let Some(values) = rows(j)[index * LANES..].first_chunk::<LANES>() else {
+                continue;
+            };
+            for (a, &v) in acc.iter_mut().zip(values) {
+                *a = madd::<FMA>(w, v, *a);
+            }
+        }
+        for (o, a) in block.iter_mut().zip(acc) {
+            *o = a * scale;
+        }
+    }
+    let done = blocks.len() * LANES;
+    for (offset, o) in rest.iter_mut().enumerate() {
+        *o = scale
+            * weights
+                .iter()
+                .enumerate()
+                .map(|(j, &w)| w * rows(j)[done + offset])
+                .sum::<f32>();
     }
 }
 
