@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use super::Threads;
 use super::ops::gelu;
 
 /// Output columns in one packed panel (two 16-lane vectors).
@@ -88,11 +89,21 @@ pub enum Activation {
 
 /// `out = activation(x Wᵀ + b)` for row-major `x` (`rows × inputs`) and
 /// `out` (`rows × outputs`).
-pub fn linear(x: &[f32], layer: &PackedLinear, activation: Activation, out: &mut [f32]) {
+pub fn linear(
+    x: &[f32],
+    layer: &PackedLinear,
+    activation: Activation,
+    out: &mut [f32],
+    threads: Threads,
+) {
     let rows = x.len() / layer.inputs;
     assert_eq!(x.len(), rows * layer.inputs, "linear: ragged input");
     assert_eq!(out.len(), rows * layer.outputs, "linear: output size");
     let panels = layer.outputs / PANEL;
+    if threads == Threads::One {
+        block(x, layer, 0, panels, activation, out);
+        return;
+    }
     let threads = rayon::current_num_threads().max(1);
     if rows >= ROWS_PER_TASK * threads || threads == 1 {
         out.par_chunks_mut(ROWS_PER_TASK * layer.outputs)

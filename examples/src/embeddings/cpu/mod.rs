@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use gemm::{Activation, PackedLinear, linear};
 use ops::{AttentionShape, EmbeddingTables, LayerNorm, add_residual_norm, attention, embed_tokens};
+use rayon::prelude::*;
 
 use super::bert::BertConfig;
 use super::weights::Weights;
@@ -125,9 +126,13 @@ impl CpuEncoder {
     }
 
     /// Mean-pooled, L2-normalized embeddings of token-id sequences, in order.
+    ///
+    /// A batch with enough tokens is split into one group of whole
+    /// sequences per thread, and each thread runs the whole forward on its
+    /// group alone: no synchronization between operations, each group's
+    /// activations stay in its core's cache. Smaller inputs (one sentence)
+    /// run one operation at a time, each split across the threads.
     pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
-        let mut spans: Vec<Range<usize>> = Vec::with_capacity(sequences.len());
-        let mut tokens = 0;
         for ids in sequences {
             if ids.len() > self.max_positions {
                 return Err(format!(
@@ -142,6 +147,25 @@ impl CpuEncoder {
                     self.vocabulary
                 ));
             }
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let tokens: usize = sequences.iter().map(|ids| ids.len()).sum();
+        if threads == 1 || sequences.len() < 2 || tokens < MIN_TOKENS_PER_GROUP * 2 {
+            return Ok(self.forward(sequences, Threads::Pool));
+        }
+        let groups = split_into_groups(sequences, threads.min(tokens / MIN_TOKENS_PER_GROUP));
+        let embedded: Vec<Vec<Vec<f32>>> = groups
+            .into_par_iter()
+            .map(|group| self.forward(group, Threads::One))
+            .collect();
+        Ok(embedded.into_iter().flatten().collect())
+    }
+
+    /// The forward pass and pooling of `sequences` (already checked).
+    fn forward(&self, sequences: &[&[u32]], threads: Threads) -> Vec<Vec<f32>> {
+        let mut spans: Vec<Range<usize>> = Vec::with_capacity(sequences.len());
+        let mut tokens = 0;
+        for ids in sequences {
             spans.push(tokens..tokens + ids.len());
             tokens += ids.len();
         }
@@ -166,12 +190,18 @@ impl CpuEncoder {
             buffer.clear();
             buffer.resize(len, 0f32);
         }
-        embed_tokens(&self.tables, sequences, x);
+        embed_tokens(&self.tables, sequences, x, threads);
         for layer in &self.layers {
-            linear(x, &layer.qkv, Activation::Identity, qkv);
-            attention(qkv, &spans, self.shape, context);
-            linear(context, &layer.attention_out, Activation::Identity, y);
-            add_residual_norm(y, x, &layer.attention_norm);
+            linear(x, &layer.qkv, Activation::Identity, qkv, threads);
+            attention(qkv, &spans, self.shape, context, threads);
+            linear(
+                context,
+                &layer.attention_out,
+                Activation::Identity,
+                y,
+                threads,
+            );
+            add_residual_norm(y, x, &layer.attention_norm, threads);
             std::mem::swap(x, y);
             for (x_rows, y_rows) in x
                 .chunks(FEED_FORWARD_ROWS * hidden)
@@ -179,18 +209,56 @@ impl CpuEncoder {
             {
                 let rows = x_rows.len() / hidden;
                 let inner = &mut intermediate[..rows * width];
-                linear(x_rows, &layer.intermediate, Activation::Gelu, inner);
-                linear(inner, &layer.output, Activation::Identity, y_rows);
+                linear(
+                    x_rows,
+                    &layer.intermediate,
+                    Activation::Gelu,
+                    inner,
+                    threads,
+                );
+                linear(inner, &layer.output, Activation::Identity, y_rows, threads);
             }
-            add_residual_norm(y, x, &layer.output_norm);
+            add_residual_norm(y, x, &layer.output_norm, threads);
             std::mem::swap(x, y);
         }
         let embeddings = ops::mean_pool_normalized(x, &spans, hidden);
         if scratch.bytes() <= MAX_KEPT_SCRATCH_BYTES {
             SCRATCH.set(scratch);
         }
-        Ok(embeddings)
+        embeddings
     }
+}
+
+/// Fewest tokens worth a thread of their own (below, one group of
+/// sequences would not fill the matrix tiles of both cores).
+const MIN_TOKENS_PER_GROUP: usize = 48;
+
+/// Cuts `sequences` (in order) into at most `count` runs of about equal
+/// token counts.
+fn split_into_groups<'a, 'b>(sequences: &'b [&'a [u32]], count: usize) -> Vec<&'b [&'a [u32]]> {
+    let total: usize = sequences.iter().map(|ids| ids.len()).sum();
+    let mut groups = Vec::with_capacity(count);
+    let mut start = 0;
+    let mut taken = 0;
+    for (index, ids) in sequences.iter().enumerate() {
+        taken += ids.len();
+        let wanted = total * (groups.len() + 1) / count.max(1);
+        if taken >= wanted && groups.len() + 1 < count && index + 1 < sequences.len() {
+            groups.push(&sequences[start..=index]);
+            start = index + 1;
+        }
+    }
+    groups.push(&sequences[start..]);
+    groups
+}
+
+/// How an operation may use threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Split across rayon's pool.
+    Pool,
+    /// Only the calling thread (one group of sequences per thread).
+    One,
 }
 
 /// Scratch kept between calls only up to this size, so one batch of long

@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::Threads;
 use super::isa::madd;
 use crate::multiversion;
 
@@ -111,7 +112,11 @@ pub struct LayerNorm {
 }
 
 /// `x = layer_norm(x + residual)`, row by row (rows of `norm.gamma.len()`).
-pub fn add_residual_norm(x: &mut [f32], residual: &[f32], norm: &LayerNorm) {
+pub fn add_residual_norm(x: &mut [f32], residual: &[f32], norm: &LayerNorm, threads: Threads) {
+    if threads == Threads::One {
+        add_residual_norm_rows(x, residual, norm);
+        return;
+    }
     let width = norm.gamma.len();
     x.par_chunks_mut(width * ROWS_PER_TASK)
         .zip(residual.par_chunks(width * ROWS_PER_TASK))
@@ -144,12 +149,21 @@ pub struct EmbeddingTables {
 /// sequence into `out` (`tokens × hidden`, sequences one after another).
 /// Token ids must be inside the vocabulary and sequences inside the
 /// position table (the caller checks).
-pub fn embed_tokens(tables: &EmbeddingTables, sequences: &[&[u32]], out: &mut [f32]) {
+pub fn embed_tokens(
+    tables: &EmbeddingTables,
+    sequences: &[&[u32]],
+    out: &mut [f32],
+    threads: Threads,
+) {
     let hidden = tables.norm.gamma.len();
     let tokens: Vec<(u32, usize)> = sequences
         .iter()
         .flat_map(|ids| ids.iter().enumerate().map(|(position, &id)| (id, position)))
         .collect();
+    if threads == Threads::One {
+        embed_rows(tables, &tokens, out);
+        return;
+    }
     out.par_chunks_mut(hidden * ROWS_PER_TASK)
         .zip(tokens.par_chunks(ROWS_PER_TASK))
         .for_each(|(rows, tokens)| embed_rows(tables, tokens, rows));
@@ -183,9 +197,15 @@ pub struct AttentionShape {
 /// result `tokens × hidden` goes to `out`. Tasks take whole sequences (all
 /// heads while the sequence's rows are in cache); with fewer sequences than
 /// threads they take heads instead.
-pub fn attention(qkv: &[f32], spans: &[Range<usize>], shape: AttentionShape, out: &mut [f32]) {
+pub fn attention(
+    qkv: &[f32],
+    spans: &[Range<usize>],
+    shape: AttentionShape,
+    out: &mut [f32],
+    threads: Threads,
+) {
     let hidden = shape.heads * shape.head_dim;
-    if spans.len() >= rayon::current_num_threads() {
+    if threads == Threads::One || spans.len() >= rayon::current_num_threads() {
         let mut rest = &mut out[..];
         let mut pieces = Vec::with_capacity(spans.len());
         for span in spans {
@@ -193,7 +213,7 @@ pub fn attention(qkv: &[f32], spans: &[Range<usize>], shape: AttentionShape, out
             pieces.push((span.clone(), rows));
             rest = tail;
         }
-        pieces.into_par_iter().for_each(|(span, rows)| {
+        let one_sequence = |(span, rows): (Range<usize>, &mut [f32])| {
             let spans = std::slice::from_ref(&span);
             for head in 0..shape.heads {
                 let target = HeadOutput {
@@ -204,7 +224,12 @@ pub fn attention(qkv: &[f32], spans: &[Range<usize>], shape: AttentionShape, out
                 };
                 attention_head(qkv, spans, shape, head, target);
             }
-        });
+        };
+        if threads == Threads::One {
+            pieces.into_iter().for_each(one_sequence);
+        } else {
+            pieces.into_par_iter().for_each(one_sequence);
+        }
         return;
     }
     let tokens = qkv.len() / (3 * hidden);
