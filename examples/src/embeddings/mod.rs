@@ -166,8 +166,7 @@ impl Embeddings {
             }))
             .map_err(|err| PipelineError::msg(format!("tokenizer truncation: {err}")))?;
         tokenizer.with_padding(None);
-        let mut weights =
-            Weights::read(&folder.join("model.safetensors")).map_err(PipelineError::msg)?;
+        let weights_path = folder.join("model.safetensors");
         let encoder = match engine {
             Engine::Native if !device.is_cpu() => {
                 return Err(PipelineError::msg(
@@ -175,12 +174,15 @@ impl Embeddings {
                 ));
             }
             Engine::Native => Encoder::Native(
-                CpuEncoder::load(&mut weights, &config).map_err(PipelineError::msg)?,
+                CpuEncoder::load(&weights_path, &config).map_err(PipelineError::msg)?,
             ),
-            Engine::Candle => Encoder::Candle {
-                encoder: Box::new(BertEncoder::load(&mut weights, config, &device)?),
-                device,
-            },
+            Engine::Candle => {
+                let mut weights = Weights::read(&weights_path, &[]).map_err(PipelineError::msg)?;
+                Encoder::Candle {
+                    encoder: Box::new(BertEncoder::load(&mut weights, config, &device)?),
+                    device,
+                }
+            }
         };
         Ok(Embeddings { tokenizer, encoder })
     }

@@ -17,16 +17,26 @@ pub struct RawTensor {
     pub values: Vec<f32>,
 }
 
+/// A tensor left in the file: its shape and where its data starts.
+#[derive(Debug, Clone)]
+pub struct TensorInFile {
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Byte offset of its first value in the file.
+    pub offset: u64,
+}
+
 /// The tensors of a model file, by name (a `bert.` prefix stripped).
 #[derive(Debug, Default)]
 pub struct Weights {
     tensors: HashMap<String, RawTensor>,
+    in_file: HashMap<String, TensorInFile>,
 }
 
 impl Weights {
     /// Reads every F32 tensor the encoder can use (skips the pooler and
-    /// `position_ids`).
-    pub fn read(path: &Path) -> Result<Self, String> {
+    /// `position_ids`); those named in `leave_in_file` are only located.
+    pub fn read(path: &Path, leave_in_file: &[&str]) -> Result<Self, String> {
         #[derive(Deserialize)]
         struct Entry {
             dtype: String,
@@ -49,6 +59,7 @@ impl Weights {
             serde_json::from_slice(&header).map_err(|err| fail(format!("bad header: {err}")))?;
         let data_start = 8 + header_len;
         let mut tensors = HashMap::new();
+        let mut in_file = HashMap::new();
         for (name, value) in entries {
             if name == "__metadata__" || name.contains("pooler.") || name.ends_with("position_ids")
             {
@@ -71,6 +82,18 @@ impl Weights {
                     entry.shape
                 )));
             }
+            let name = name.strip_prefix("bert.").unwrap_or(&name).to_owned();
+            if leave_in_file.contains(&name.as_str()) {
+                let offset = data_start + start;
+                in_file.insert(
+                    name,
+                    TensorInFile {
+                        shape: entry.shape,
+                        offset,
+                    },
+                );
+                continue;
+            }
             // Read straight into the f32 buffer the tensor will own: no second copy.
             let mut values = vec![0f32; count];
             file.seek(SeekFrom::Start(data_start + start))
@@ -82,19 +105,26 @@ impl Weights {
                     .for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes()));
             }
             tensors.insert(
-                name.strip_prefix("bert.").unwrap_or(&name).to_owned(),
+                name,
                 RawTensor {
                     shape: entry.shape,
                     values,
                 },
             );
         }
-        Ok(Weights { tensors })
+        Ok(Weights { tensors, in_file })
     }
 
     /// Removes and returns a tensor.
     pub fn take(&mut self, name: &str) -> Result<RawTensor, String> {
         self.tensors
+            .remove(name)
+            .ok_or_else(|| format!("model.safetensors has no tensor {name}"))
+    }
+
+    /// Removes and returns a tensor left in the file by [`Weights::read`].
+    pub fn take_in_file(&mut self, name: &str) -> Result<TensorInFile, String> {
+        self.in_file
             .remove(name)
             .ok_or_else(|| format!("model.safetensors has no tensor {name}"))
     }

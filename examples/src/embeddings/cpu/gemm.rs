@@ -350,3 +350,117 @@ mod avx512 {
         unreachable!("AVX-512 is never available off x86-64")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random matrix with values in [-1, 1).
+    fn matrix(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn naive(x: &[f32], weight: &[f32], bias: &[f32], inputs: usize, gelu_on: bool) -> Vec<f32> {
+        let outputs = bias.len();
+        let mut out = Vec::new();
+        for row in x.chunks_exact(inputs) {
+            for o in 0..outputs {
+                let dot: f64 = row
+                    .iter()
+                    .zip(&weight[o * inputs..(o + 1) * inputs])
+                    .map(|(&a, &w)| a as f64 * w as f64)
+                    .sum();
+                let v = (dot + bias[o] as f64) as f32;
+                out.push(if gelu_on { gelu(v) } else { v });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_tile_height_matches_a_naive_product() {
+        let (inputs, outputs) = (70, 96);
+        let weight = matrix(outputs * inputs, 1);
+        let bias = matrix(outputs, 2);
+        let layer = PackedLinear::new(&weight, &bias, outputs, inputs).unwrap();
+        for activation in [Activation::Identity, Activation::Gelu] {
+            // 1..=12 rows exercise each tile height; 13, 50 and 100 rows the
+            // balanced split into several tiles and both thread splits.
+            for rows in (1..=13).chain([50, 100]) {
+                let x = matrix(rows * inputs, rows as u32 + 3);
+                let want = naive(&x, &weight, &bias, inputs, activation == Activation::Gelu);
+                for threads in [Threads::One, Threads::Pool] {
+                    let mut out = vec![f32::NAN; rows * outputs];
+                    linear(&x, &layer, activation, &mut out, threads);
+                    let worst = out
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst < 1e-4,
+                        "{rows} rows, {activation:?}, {threads:?}: off by {worst}"
+                    );
+                }
+                // The portable tile, wherever the AVX-512 one is chosen.
+                let mut out = vec![f32::NAN; rows * outputs];
+                let tiles = rows.div_ceil(MAX_TILE_ROWS);
+                let mut start = 0;
+                for tile in 0..tiles {
+                    let height = (rows - start).div_ceil(tiles - tile);
+                    let mut packed = vec![0f32; height * inputs];
+                    for r in 0..height {
+                        for i in 0..inputs {
+                            packed[i * height + r] = x[(start + r) * inputs + i];
+                        }
+                    }
+                    for panel in 0..outputs / PANEL {
+                        let tile_inputs = Tile {
+                            x: &packed,
+                            weights: &layer.panels
+                                [panel * inputs * PANEL..(panel + 1) * inputs * PANEL],
+                            bias: layer.bias[panel * PANEL..].first_chunk::<PANEL>().unwrap(),
+                            activation,
+                        };
+                        portable_tile(
+                            height,
+                            &tile_inputs,
+                            &mut out[start * outputs + panel * PANEL..],
+                            outputs,
+                        );
+                    }
+                    start += height;
+                }
+                let worst = out
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst < 1e-4,
+                    "portable, {rows} rows, {activation:?}: off by {worst}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn packing_refuses_shapes_it_cannot_hold() {
+        assert!(
+            PackedLinear::new(&[0.0; 30 * 4], &[0.0; 30], 30, 4).is_err(),
+            "30 outputs is not whole panels"
+        );
+        assert!(
+            PackedLinear::new(&[0.0; 10], &[0.0; 32], 32, 4).is_err(),
+            "too few weights"
+        );
+    }
+}

@@ -8,6 +8,7 @@
 pub mod gemm;
 pub mod isa;
 pub mod ops;
+pub mod words;
 
 use std::ops::Range;
 
@@ -17,6 +18,10 @@ use rayon::prelude::*;
 
 use super::bert::BertConfig;
 use super::weights::Weights;
+use words::WordTable;
+
+/// The tensor [`WordTable`] reads from the file.
+const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
 
 /// Rows of the feed-forward block computed at once: bounds its
 /// `rows × intermediate` scratch for long batches (1024 × 1536 floats = 6 MB).
@@ -37,13 +42,13 @@ pub struct CpuEncoder {
     layers: Vec<Layer>,
     shape: AttentionShape,
     hidden: usize,
-    vocabulary: usize,
     max_positions: usize,
 }
 
 impl CpuEncoder {
-    /// Builds the encoder from `model.safetensors`' tensors.
-    pub fn load(weights: &mut Weights, config: &BertConfig) -> Result<Self, String> {
+    /// Builds the encoder from a `model.safetensors` file.
+    pub fn load(path: &std::path::Path, config: &BertConfig) -> Result<Self, String> {
+        let weights = &mut Weights::read(path, &[WORD_EMBEDDINGS])?;
         let hidden = config.hidden_size;
         let heads = config.num_attention_heads;
         if heads == 0 || !hidden.is_multiple_of(heads) {
@@ -91,11 +96,12 @@ impl CpuEncoder {
                 output_norm: norm(weights, &format!("{p}.output.LayerNorm"))?,
             });
         }
-        let words = weights.take("embeddings.word_embeddings.weight")?;
+        let words = weights.take_in_file(WORD_EMBEDDINGS)?;
         let vocabulary = words.shape.first().copied().unwrap_or(0);
         if words.shape != [vocabulary, hidden] {
             return Err(format!("word embeddings of shape {:?}", words.shape));
         }
+        let words = WordTable::open(path, words.offset, vocabulary, hidden)?;
         let max_positions = config.max_position_embeddings;
         let mut positions = weights.values(
             "embeddings.position_embeddings.weight",
@@ -113,14 +119,13 @@ impl CpuEncoder {
         }
         Ok(CpuEncoder {
             tables: EmbeddingTables {
-                words: words.values,
+                words,
                 positions,
                 norm: norm(weights, "embeddings.LayerNorm")?,
             },
             layers,
             shape: AttentionShape { heads, head_dim },
             hidden,
-            vocabulary,
             max_positions,
         })
     }
@@ -141,28 +146,31 @@ impl CpuEncoder {
                     self.max_positions
                 ));
             }
-            if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocabulary) {
+            if let Some(&id) = ids
+                .iter()
+                .find(|&&id| id as usize >= self.tables.words.rows())
+            {
                 return Err(format!(
                     "token id {id} outside the vocabulary of {}",
-                    self.vocabulary
+                    self.tables.words.rows()
                 ));
             }
         }
         let threads = rayon::current_num_threads().max(1);
         let tokens: usize = sequences.iter().map(|ids| ids.len()).sum();
         if threads == 1 || sequences.len() < 2 || tokens < MIN_TOKENS_PER_GROUP * 2 {
-            return Ok(self.forward(sequences, Threads::Pool));
+            return self.forward(sequences, Threads::Pool);
         }
         let groups = split_into_groups(sequences, threads.min(tokens / MIN_TOKENS_PER_GROUP));
         let embedded: Vec<Vec<Vec<f32>>> = groups
             .into_par_iter()
             .map(|group| self.forward(group, Threads::One))
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok(embedded.into_iter().flatten().collect())
     }
 
     /// The forward pass and pooling of `sequences` (already checked).
-    fn forward(&self, sequences: &[&[u32]], threads: Threads) -> Vec<Vec<f32>> {
+    fn forward(&self, sequences: &[&[u32]], threads: Threads) -> Result<Vec<Vec<f32>>, String> {
         let mut spans: Vec<Range<usize>> = Vec::with_capacity(sequences.len());
         let mut tokens = 0;
         for ids in sequences {
@@ -190,7 +198,7 @@ impl CpuEncoder {
             buffer.clear();
             buffer.resize(len, 0f32);
         }
-        embed_tokens(&self.tables, sequences, x, threads);
+        embed_tokens(&self.tables, sequences, x, threads)?;
         for layer in &self.layers {
             linear(x, &layer.qkv, Activation::Identity, qkv, threads);
             attention(qkv, &spans, self.shape, context, threads);
@@ -225,7 +233,7 @@ impl CpuEncoder {
         if scratch.bytes() <= MAX_KEPT_SCRATCH_BYTES {
             SCRATCH.set(scratch);
         }
-        embeddings
+        Ok(embeddings)
     }
 }
 
@@ -293,4 +301,30 @@ impl Scratch {
 
 thread_local! {
     static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_into_groups;
+
+    #[test]
+    fn groups_have_about_equal_tokens_and_keep_order() {
+        let lengths = [14, 14, 14, 14, 100, 14, 14, 14];
+        let owned: Vec<Vec<u32>> = lengths.iter().map(|&n| vec![1; n]).collect();
+        let sequences: Vec<&[u32]> = owned.iter().map(Vec::as_slice).collect();
+        let groups = split_into_groups(&sequences, 2);
+        assert_eq!(groups.len(), 2);
+        let sizes: Vec<usize> = groups
+            .iter()
+            .map(|g| g.iter().map(|s| s.len()).sum())
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![156, 42],
+            "the cut falls after the long sequence"
+        );
+        assert_eq!(groups.concat(), sequences, "every sequence once, in order");
+        let one = split_into_groups(&sequences[..1], 2);
+        assert_eq!(one.len(), 1, "a single sequence is never split");
+    }
 }

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::Threads;
 use super::isa::madd;
+use super::words::WordTable;
 use crate::multiversion;
 
 /// Lanes of the partial sums (one AVX-512 vector).
@@ -137,8 +138,8 @@ multiversion! {
 
 /// The embedding tables of the model.
 pub struct EmbeddingTables {
-    /// `vocabulary × hidden`.
-    pub words: Vec<f32>,
+    /// `vocabulary × hidden`, read from the model file as needed.
+    pub words: WordTable,
     /// `max_positions × hidden`, with the token-type-0 row already added.
     pub positions: Vec<f32>,
     /// The layer norm after the sum.
@@ -154,29 +155,33 @@ pub fn embed_tokens(
     sequences: &[&[u32]],
     out: &mut [f32],
     threads: Threads,
-) {
+) -> Result<(), String> {
     let hidden = tables.norm.gamma.len();
-    let tokens: Vec<(u32, usize)> = sequences
-        .iter()
-        .flat_map(|ids| ids.iter().enumerate().map(|(position, &id)| (id, position)))
-        .collect();
+    tables
+        .words
+        .gather(sequences.iter().flat_map(|ids| ids.iter().copied()), out)?;
+    let positions: Vec<usize> = sequences.iter().flat_map(|ids| 0..ids.len()).collect();
     if threads == Threads::One {
-        embed_rows(tables, &tokens, out);
-        return;
+        add_position_norm_rows(tables, &positions, out);
+    } else {
+        out.par_chunks_mut(hidden * ROWS_PER_TASK)
+            .zip(positions.par_chunks(ROWS_PER_TASK))
+            .for_each(|(rows, positions)| add_position_norm_rows(tables, positions, rows));
     }
-    out.par_chunks_mut(hidden * ROWS_PER_TASK)
-        .zip(tokens.par_chunks(ROWS_PER_TASK))
-        .for_each(|(rows, tokens)| embed_rows(tables, tokens, rows));
+    Ok(())
 }
 
 multiversion! {
-    fn embed_rows<const FMA: bool>(tables: &EmbeddingTables, tokens: &[(u32, usize)], rows: &mut [f32]) {
+    fn add_position_norm_rows<const FMA: bool>(
+        tables: &EmbeddingTables,
+        positions: &[usize],
+        rows: &mut [f32],
+    ) {
         let hidden = tables.norm.gamma.len();
-        for (row, &(id, position)) in rows.chunks_exact_mut(hidden).zip(tokens) {
-            let word = &tables.words[id as usize * hidden..][..hidden];
+        for (row, &position) in rows.chunks_exact_mut(hidden).zip(positions) {
             let position = &tables.positions[position * hidden..][..hidden];
-            for ((v, &w), &p) in row.iter_mut().zip(word).zip(position) {
-                *v = w + p;
+            for (v, &p) in row.iter_mut().zip(position) {
+                *v += p;
             }
             normalize::<FMA>(row, &tables.norm.gamma, &tables.norm.beta, tables.norm.eps);
         }
@@ -388,4 +393,82 @@ pub fn mean_pool_normalized(
             mean
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// erf by its Taylor series (exact to 1e-15 for |x| ≤ 3) and its
+    /// asymptotic form beyond.
+    fn erf_reference(x: f64) -> f64 {
+        if x.abs() > 3.0 {
+            return x.signum() * (1.0 - (-x * x).exp() / (x.abs() * std::f64::consts::PI.sqrt()));
+        }
+        let mut sum = 0.0;
+        let mut term = x;
+        for n in 0..60 {
+            sum += term / (2 * n + 1) as f64;
+            term *= -x * x / (n + 1) as f64;
+        }
+        2.0 / std::f64::consts::PI.sqrt() * sum
+    }
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        for i in -800..=800 {
+            let x = i as f32 / 10.0;
+            let relative = ((fast_exp(x) as f64) - (x as f64).exp()).abs() / (x as f64).exp();
+            assert!(relative < 4e-7, "exp({x}): relative error {relative}");
+        }
+        // Near the bottom of f32's normal range only the absolute error matters.
+        for i in -870..-800 {
+            let x = i as f32 / 10.0;
+            assert!(
+                ((fast_exp(x) as f64) - (x as f64).exp()).abs() < 1e-40,
+                "exp({x})"
+            );
+        }
+    }
+
+    #[test]
+    fn gelu_matches_exact_gelu() {
+        for i in -1000..=1000 {
+            let x = i as f64 / 100.0;
+            let exact = 0.5 * x * (1.0 + erf_reference(x / std::f64::consts::SQRT_2));
+            let error = (gelu(x as f32) as f64 - exact).abs();
+            assert!(error < 1e-6 * (1.0 + x.abs()), "gelu({x}): error {error}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_its_definition() {
+        let width = 40; // two whole vectors and a remainder
+        let row: Vec<f32> = (0..width)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+            .collect();
+        let residual: Vec<f32> = (0..width).map(|i| (i as f32).sin()).collect();
+        let norm = LayerNorm {
+            gamma: (0..width).map(|i| 1.0 + i as f32 * 0.01).collect(),
+            beta: (0..width).map(|i| i as f32 * -0.02).collect(),
+            eps: 1e-12,
+        };
+        let mut x = row.clone();
+        add_residual_norm(&mut x, &residual, &norm, Threads::One);
+        let sum: Vec<f64> = row
+            .iter()
+            .zip(&residual)
+            .map(|(a, b)| (a + b) as f64)
+            .collect();
+        let mean = sum.iter().sum::<f64>() / width as f64;
+        let var = sum.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / width as f64;
+        for (i, (&got, v)) in x.iter().zip(&sum).enumerate() {
+            let want =
+                (v - mean) / (var + 1e-12).sqrt() * norm.gamma[i] as f64 + norm.beta[i] as f64;
+            assert!(
+                (got as f64 - want).abs() < 1e-5,
+                "column {i}: {got} vs {want}"
+            );
+        }
+    }
 }
