@@ -138,6 +138,12 @@ impl CpuEncoder {
     /// activations stay in its core's cache. Smaller inputs (one sentence)
     /// run one operation at a time, each split across the threads.
     pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        // Enter rayon's pool once: called from a thread outside it (the
+        // batcher's worker), every parallel operation below would otherwise
+        // inject a job and sleep until a pool thread finished it.
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.embed(sequences));
+        }
         for ids in sequences {
             if ids.len() > self.max_positions {
                 return Err(format!(
