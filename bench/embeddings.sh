@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Embeddings benchmark, in one run on loopback: raw in-process throughput of
-# the pipeline at batch 1/8/32, then the server (config/embeddings.yaml) under
+# the pipeline at batch 1/8/32 and the server's max_batch_size, then the server (config/embeddings.yaml) under
 # wrk at concurrency 1/8/32 posting one ~10-word sentence, its peak resident
 # memory, and the served/raw ratio. Writes bench/out/embeddings.md and a PNG
 # chart of throughput against concurrency (bench/out/embeddings.png).
@@ -33,7 +33,8 @@ if [ ! -x .venv-bench/bin/python ] || ! .venv-bench/bin/python -c "import matplo
 fi
 
 echo "== raw in-process throughput (${RAW_SECONDS}s per batch size)"
-target/release/embeddings-bench models/all-MiniLM-L6-v2 "$SENTENCE" 1,8,32 "$RAW_SECONDS" | tee "$OUT/raw.txt"
+MAX_BATCH=$(awk '/max_batch_size:/ {print $2; exit}' config/embeddings.yaml)
+target/release/embeddings-bench models/all-MiniLM-L6-v2 "$SENTENCE" "$(printf '%s\n' 1 8 "$MAX_BATCH" 32 | sort -nu | paste -sd,)" "$RAW_SECONDS" | tee "$OUT/raw.txt"
 
 lua=$(mktemp --suffix=.lua)
 cat > "$lua" <<LUA
@@ -94,5 +95,5 @@ if [ "$WITH_PEER" = 1 ]; then
   kill "$peer_pid"; wait "$peer_pid" 2>/dev/null || true
 fi
 
-.venv-bench/bin/python bench/report.py "$OUT" | tee "$OUT/embeddings.md"
+.venv-bench/bin/python bench/report.py "$OUT" "$MAX_BATCH" | tee "$OUT/embeddings.md"
 echo "chart: $OUT/embeddings.png"

@@ -12,6 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 out = sys.argv[1]
+# The server's max_batch_size (config/embeddings.yaml): the raw figure the
+# served one is held against.
+max_batch = int(sys.argv[2]) if len(sys.argv) > 2 else 32
 raw = {}
 for line in open(os.path.join(out, "raw.txt")):
     fields = dict(part.split("=") for part in line.split()[1:])
@@ -45,9 +48,9 @@ if 32 in ours:
         goals.append(("c=32 >= 1.3x the Python peer, same run", f"{ratio:.2f}x", ratio >= 1.3))
     else:
         goals.append(("c=32 >= 1.3x the Python peer, same run", "not run (--with-python-peer)", None))
-    if 32 in raw:
-        share = ours[32][0] / raw[32][1]
-        goals.append(("served >= 95% of raw at batch 32", f"{100 * share:.0f}%", share >= 0.95))
+    if max_batch in raw:
+        share = ours[32][0] / raw[max_batch][1]
+        goals.append((f"served c=32 >= 95% of raw at the server's batch size ({max_batch})", f"{100 * share:.0f}%", share >= 0.95))
 if 1 in ours:
     goals.append(("c=1 p50 <= 3.4 ms", f"{ours[1][1]:.1f} ms", ours[1][1] <= 3.4))
 if "modalkit-rs" in memory:
@@ -61,8 +64,8 @@ fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
 for name, levels in served.items():
     cs = sorted(levels)
     ax.plot(cs, [levels[c][0] for c in cs], marker="o", label=name)
-if 32 in raw:
-    ax.axhline(raw[32][1], linestyle="--", color="grey", label="raw in-process, batch 32")
+if max_batch in raw:
+    ax.axhline(raw[max_batch][1], linestyle="--", color="grey", label=f"raw in-process, batch {max_batch}")
 ax.axhline(510, linestyle=":", color="tab:red", label="TEI + ONNX Runtime, c=32 (notes)")
 ax.set_xscale("log", base=2)
 ax.set_xticks([1, 8, 32], ["1", "8", "32"])

@@ -6,9 +6,9 @@
 //! at `max_seq_length` (256); mean-pools over the attention mask and
 //! L2-normalizes, as sentence-transformers does.
 //!
-//! On CPU the encoder is this project's own ([`cpu`]: packed weights, no
-//! padding, AVX-512 kernels chosen at run time); on other devices (CUDA) it
-//! is [`bert`] on candle's ops, fed batches sorted by length and cut into
+//! On a CPU with AVX-512 the encoder is this project's own ([`cpu`]: packed
+//! weights, no padding, AVX-512 kernels); elsewhere (CUDA, or a CPU without
+//! AVX-512) it is [`bert`] on candle's ops, fed batches sorted by length and cut into
 //! groups padded only to their own longest item.
 //!
 //! Input `{"text": "..."}` (at most 20,000 characters; empty is allowed and
@@ -115,13 +115,14 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PipelineE
 impl Embeddings {
     /// Loads the model folder onto `device`, truncating at `max_seq_length`
     /// (default: the folder's `sentence_bert_config.json`): the native
-    /// encoder on CPU, candle's elsewhere.
+    /// encoder on a CPU with AVX-512, candle's elsewhere (its portable
+    /// kernels are for tests, not speed).
     pub fn load_folder(
         folder: &Path,
         device: Device,
         max_seq_length: Option<usize>,
     ) -> Result<Self, PipelineError> {
-        let engine = if device.is_cpu() {
+        let engine = if device.is_cpu() && cpu::isa::avx512() {
             Engine::Native
         } else {
             Engine::Candle
