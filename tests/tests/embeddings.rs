@@ -41,6 +41,13 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     dot / (norm(a) * norm(b))
 }
 
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn floats(value: &Value) -> Vec<f64> {
     value
         .as_array()
@@ -194,11 +201,7 @@ fn native_encoder_matches_candle_encoder() {
     let reference = candle.embed_ids(&ids).unwrap();
     for ((text, a), b) in texts.iter().zip(&fast).zip(&reference) {
         assert_eq!(a.len(), 384);
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let worst = max_difference(a, b);
         assert!(
             worst < 2e-5,
             "{text:?}: native and candle differ by {worst}"
@@ -206,11 +209,7 @@ fn native_encoder_matches_candle_encoder() {
     }
     // One at a time gives the same vectors as in a batch.
     let alone = native.embed_ids(&ids[..1]).unwrap();
-    let worst = alone[0]
-        .iter()
-        .zip(&fast[0])
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let worst = max_difference(&alone[0], &fast[0]);
     assert!(worst < 1e-6, "batched and alone differ by {worst}");
     println!("{CHILD_REPORT}{}", isa::describe());
 

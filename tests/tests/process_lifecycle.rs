@@ -37,6 +37,18 @@ fn setup(app_extra: &str) -> Setup {
     }
 }
 
+impl Setup {
+    /// The server on this config, writing its in-memory queues to `dump` when it exits.
+    fn spawn_dumping_queues(&self) -> ServerProcess {
+        ServerProcess::spawn(
+            BINARY.as_ref(),
+            &self.config,
+            &[("MODALKIT_TEST_QUEUE_DUMP", self.dump.display().to_string())],
+            self.log.clone(),
+        )
+    }
+}
+
 fn read_dump(path: &PathBuf) -> BTreeMap<String, Vec<Value>> {
     let text = std::fs::read_to_string(path).expect("the server wrote its queue dump");
     let raw: BTreeMap<String, Vec<String>> = serde_json::from_str(&text).unwrap();
@@ -58,12 +70,7 @@ async fn sigterm_under_load_drains_everything_and_exits_zero() {
     let s = setup(
         "  batch_config: {max_batch_size: 4, wait_ms: 5}\n  server_config: {shutdown_grace_seconds: 30}",
     );
-    let mut server = ServerProcess::spawn(
-        BINARY.as_ref(),
-        &s.config,
-        &[("MODALKIT_TEST_QUEUE_DUMP", s.dump.display().to_string())],
-        s.log.clone(),
-    );
+    let mut server = s.spawn_dumping_queues();
     let http = client();
     let base = server.base_url.clone();
 
@@ -179,12 +186,7 @@ async fn sighup_runs_on_volume_reload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fatal_device_error_fails_queued_work_and_exits_with_code_3() {
     let s = setup("  batch_config: {max_batch_size: 1, wait_ms: 0}");
-    let mut server = ServerProcess::spawn(
-        BINARY.as_ref(),
-        &s.config,
-        &[("MODALKIT_TEST_QUEUE_DUMP", s.dump.display().to_string())],
-        s.log.clone(),
-    );
+    let mut server = s.spawn_dumping_queues();
     let http = client();
     let base = server.base_url.clone();
     let fatal = json!({"message": {"text": "boom", "fail": "fatal", "sleep_ms": 300}, "failure_queue": "failed", "meta": {"n": 0}});

@@ -12,8 +12,8 @@
 
 use rayon::prelude::*;
 
-use super::Threads;
 use super::ops::gelu;
+use super::{Threads, isa};
 
 /// Output columns in one packed panel (two 16-lane vectors).
 pub const PANEL: usize = 32;
@@ -135,14 +135,38 @@ pub fn linear(
     }
 }
 
+/// Computes one tile: `(rows, tile, out, out_stride)`.
+type TileKernel = fn(usize, &Tile, &mut [f32], usize);
+
 /// Panels `first..first + count` of `activation(x Wᵀ + b)` into `out`
-/// (`rows × count·PANEL`, row-major).
+/// (`rows × count·PANEL`, row-major), on the best tile kernel for this CPU.
 fn block(
     x: &[f32],
     layer: &PackedLinear,
     first: usize,
     count: usize,
     activation: Activation,
+    out: &mut [f32],
+) {
+    let kernel: TileKernel = if isa::avx512() {
+        avx512::tile
+    } else {
+        portable_tile
+    };
+    let panels = Panels {
+        first,
+        count,
+        activation,
+    };
+    block_with(kernel, x, layer, &panels, out);
+}
+
+/// [`block`] on a given tile kernel.
+fn block_with(
+    kernel: TileKernel,
+    x: &[f32],
+    layer: &PackedLinear,
+    panels: &Panels,
     out: &mut [f32],
 ) {
     let inputs = layer.inputs;
@@ -167,7 +191,7 @@ fn block(
             heights.push((start, height));
             start += height;
         }
-        compute_panels(packed, &heights, layer, first, count, activation, out);
+        compute_panels(kernel, packed, &heights, layer, panels, out);
     });
 }
 
@@ -177,22 +201,26 @@ thread_local! {
     static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The tiles of `packed` (given as `(first row, rows)`) against panels
-/// `first..first + count`.
-fn compute_panels(
-    packed: &[f32],
-    heights: &[(usize, usize)],
-    layer: &PackedLinear,
+/// Which panels a [`block`] computes, and the activation applied.
+struct Panels {
     first: usize,
     count: usize,
     activation: Activation,
+}
+
+/// The tiles of `packed` (given as `(first row, rows)`) against `panels`.
+fn compute_panels(
+    kernel: TileKernel,
+    packed: &[f32],
+    heights: &[(usize, usize)],
+    layer: &PackedLinear,
+    panels: &Panels,
     out: &mut [f32],
 ) {
     let inputs = layer.inputs;
-    let width = count * PANEL;
-    let fast = avx512::available();
-    for panel in 0..count {
-        let index = first + panel;
+    let width = panels.count * PANEL;
+    for panel in 0..panels.count {
+        let index = panels.first + panel;
         let weights = &layer.panels[index * inputs * PANEL..(index + 1) * inputs * PANEL];
         let Some(bias) = layer.bias[index * PANEL..].first_chunk::<PANEL>() else {
             return;
@@ -202,14 +230,14 @@ fn compute_panels(
                 x: &packed[start * inputs..(start + height) * inputs],
                 weights,
                 bias,
-                activation,
+                activation: panels.activation,
             };
-            let out = &mut out[start * width + panel * PANEL..];
-            if fast {
-                avx512::tile(height, &tile, out, width);
-            } else {
-                portable_tile(height, &tile, out, width);
-            }
+            kernel(
+                height,
+                &tile,
+                &mut out[start * width + panel * PANEL..],
+                width,
+            );
         }
     }
 }
@@ -258,18 +286,13 @@ fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
 /// broadcast; 12 rows use 24 of the 32 vector registers.
 #[allow(unsafe_code)]
 mod avx512 {
-    use super::{MAX_TILE_ROWS, PANEL, Tile, finish_row};
+    use super::{MAX_TILE_ROWS, PANEL, Tile, finish_row, isa};
 
-    /// Whether [`tile`] may run on this CPU.
-    pub fn available() -> bool {
-        super::super::isa::avx512()
-    }
-
-    /// Computes a tile of `rows` (1..=12) rows. Panics if AVX-512 is not
-    /// [`available`].
+    /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
+    /// AVX-512 ([`isa::avx512`]).
     pub fn tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
         assert!(
-            available(),
+            isa::avx512(),
             "AVX-512 kernel called on a CPU without AVX-512"
         );
         assert!((1..=MAX_TILE_ROWS).contains(&rows), "tile of {rows} rows");
@@ -368,6 +391,13 @@ mod tests {
             .collect()
     }
 
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
     fn naive(x: &[f32], weight: &[f32], bias: &[f32], inputs: usize, gelu_on: bool) -> Vec<f32> {
         let outputs = bias.len();
         let mut out = Vec::new();
@@ -400,11 +430,7 @@ mod tests {
                 for threads in [Threads::One, Threads::Pool] {
                     let mut out = vec![f32::NAN; rows * outputs];
                     linear(&x, &layer, activation, &mut out, threads);
-                    let worst = out
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
+                    let worst = max_difference(&out, &want);
                     assert!(
                         worst < 1e-4,
                         "{rows} rows, {activation:?}, {threads:?}: off by {worst}"
@@ -412,38 +438,13 @@ mod tests {
                 }
                 // The portable tile, wherever the AVX-512 one is chosen.
                 let mut out = vec![f32::NAN; rows * outputs];
-                let tiles = rows.div_ceil(MAX_TILE_ROWS);
-                let mut start = 0;
-                for tile in 0..tiles {
-                    let height = (rows - start).div_ceil(tiles - tile);
-                    let mut packed = vec![0f32; height * inputs];
-                    for r in 0..height {
-                        for i in 0..inputs {
-                            packed[i * height + r] = x[(start + r) * inputs + i];
-                        }
-                    }
-                    for panel in 0..outputs / PANEL {
-                        let tile_inputs = Tile {
-                            x: &packed,
-                            weights: &layer.panels
-                                [panel * inputs * PANEL..(panel + 1) * inputs * PANEL],
-                            bias: layer.bias[panel * PANEL..].first_chunk::<PANEL>().unwrap(),
-                            activation,
-                        };
-                        portable_tile(
-                            height,
-                            &tile_inputs,
-                            &mut out[start * outputs + panel * PANEL..],
-                            outputs,
-                        );
-                    }
-                    start += height;
-                }
-                let worst = out
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let all = Panels {
+                    first: 0,
+                    count: outputs / PANEL,
+                    activation,
+                };
+                block_with(portable_tile, &x, &layer, &all, &mut out);
+                let worst = max_difference(&out, &want);
                 assert!(
                     worst < 1e-4,
                     "portable, {rows} rows, {activation:?}: off by {worst}"
