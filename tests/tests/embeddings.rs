@@ -211,6 +211,14 @@ fn native_encoder_matches_candle_encoder() {
     let alone = native.embed_ids(&ids[..1]).unwrap();
     let worst = max_difference(&alone[0], &fast[0]);
     assert!(worst < 1e-6, "batched and alone differ by {worst}");
+    // No tokens at all (never from the tokenizer, but the API allows it).
+    assert!(native.embed_ids(&[]).unwrap().is_empty());
+    let empty = native.embed_ids(&[vec![], vec![]]).unwrap();
+    assert!(
+        empty
+            .iter()
+            .all(|v| v.len() == 384 && v.iter().all(|&x| x == 0.0))
+    );
     println!("{CHILD_REPORT}{}", isa::describe());
 
     // Where the AVX-512 kernels ran, run this test again in a child process

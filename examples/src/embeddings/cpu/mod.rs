@@ -164,6 +164,10 @@ impl CpuEncoder {
         }
         let threads = rayon::current_num_threads().max(1);
         let tokens: usize = sequences.iter().map(|ids| ids.len()).sum();
+        if tokens == 0 {
+            // Nothing to encode: an empty sequence pools to the zero vector.
+            return Ok(vec![vec![0f32; self.hidden]; sequences.len()]);
+        }
         if threads == 1 || sequences.len() < 2 || tokens < MIN_TOKENS_PER_GROUP * 2 {
             return self.forward(sequences, Threads::Pool);
         }
