@@ -2,22 +2,20 @@
 //! framework itself costs (the HTTP benchmark serves it) and is a template
 //! to start from.
 
-use garde::Validate;
-use modalkit_core::{InferencePipeline, ItemResult, ModelContext, PipelineError};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use modalkit::prelude::*;
 
 /// Input: any number.
-#[derive(Debug, Clone, Deserialize, Validate, JsonSchema)]
+#[modalkit::input]
+#[derive(Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct NoopInput {
     /// Echoed back.
-    #[garde(skip)]
     pub value: i64,
 }
 
 /// Output: the same number.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[modalkit::output]
+#[derive(Debug, Clone)]
 pub struct NoopOutput {
     /// The input's value.
     pub value: i64,

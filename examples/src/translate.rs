@@ -2,26 +2,26 @@
 //! with a confidence. No weights, so it starts instantly; it shows every part
 //! of the contract (entry settings, the three stages, a per-item failure).
 
-use garde::Validate;
-use modalkit_core::{InferencePipeline, ItemResult, ModelContext, PipelineError};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use modalkit::prelude::*;
 
 /// A request: the text and, optionally, a target language.
-#[derive(Debug, Clone, Deserialize, Validate, JsonSchema)]
+#[modalkit::input]
+#[derive(Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct TranslationInput {
     /// Text to translate: 1 to 10,000 characters.
     #[garde(length(chars, min = 1, max = 10_000))]
     pub text: String,
-    /// Target language code (`fr`, `de`, ...); default: the model entry's.
+    /// Target language code (`fr`, `de`, ...): 2 to 8 letters or digits;
+    /// default: the model entry's.
     #[serde(default)]
-    #[garde(inner(length(min = 2, max = 8), alphanumeric))]
+    #[garde(length(chars, min = 2, max = 8), alphanumeric)]
     pub language: Option<String>,
 }
 
 /// A result.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[modalkit::output]
+#[derive(Debug, Clone)]
 pub struct TranslationOutput {
     /// The translation.
     pub translated_text: String,
@@ -32,7 +32,8 @@ pub struct TranslationOutput {
 }
 
 /// The model entry's settings.
-#[derive(Debug, Deserialize)]
+#[modalkit::entry]
+#[derive(Debug)]
 #[serde(deny_unknown_fields)]
 struct TranslatorEntry {
     #[serde(default = "default_language")]

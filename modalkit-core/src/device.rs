@@ -1,13 +1,10 @@
-//! Which compute device a model runs on, from config: `device` in the
-//! model's entry or in `model_settings.common` — `cpu` (default), `cuda`,
-//! `cuda:N` or `auto`. A GPU asked for but not usable (no device, or a
-//! binary built without the `cuda` feature) fails start-up with a clear
-//! message; `auto` falls back to the CPU with a warning.
+//! Which compute device a model asks for in config: `device` in the model's
+//! entry or in `model_settings.common` — `cpu` (default), `cuda`, `cuda:N`
+//! or `auto`. Core only parses the request; a backend crate resolves it
+//! (`modalkit_candle::resolve` for candle).
 
 use std::fmt;
 use std::str::FromStr;
-
-use candle_core::Device;
 
 use crate::context::ModelContext;
 use crate::error::{Error, Result};
@@ -71,45 +68,5 @@ impl DeviceRequest {
                 reason: "device must be a string".to_owned(),
             }),
         }
-    }
-
-    /// The candle device this request gets on this machine and build.
-    pub fn resolve(self) -> Result<Device> {
-        match self {
-            DeviceRequest::Cpu => Ok(Device::Cpu),
-            DeviceRequest::Cuda(ordinal) => cuda(ordinal).map_err(|reason| Error::Device {
-                requested: self.to_string(),
-                reason,
-            }),
-            DeviceRequest::Auto => match cuda(0) {
-                Ok(device) => Ok(device),
-                Err(reason) => {
-                    tracing::warn!(
-                        reason,
-                        "device auto: no usable GPU, falling back to the CPU"
-                    );
-                    Ok(Device::Cpu)
-                }
-            },
-        }
-    }
-}
-
-fn cuda(ordinal: usize) -> std::result::Result<Device, String> {
-    if !candle_core::utils::cuda_is_available() {
-        return Err("this binary was built without the `cuda` feature; rebuild with `--features cuda` or set device: cpu".to_owned());
-    }
-    Device::new_cuda(ordinal).map_err(|err| format!("CUDA device {ordinal} is not usable: {err}"))
-}
-
-/// A short name for a device: `cpu`, `cuda:0`.
-pub fn describe(device: &Device) -> String {
-    match device {
-        Device::Cpu => "cpu".to_owned(),
-        Device::Cuda(_) => match device.location() {
-            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-            _ => "cuda".to_owned(),
-        },
-        Device::Metal(_) => "metal".to_owned(),
     }
 }

@@ -74,6 +74,11 @@ pub enum Error {
     /// Postprocess reported that this one item failed.
     #[error("{0}")]
     Item(String),
+
+    /// The pipeline said this item's input is invalid
+    /// ([`crate::ErrorKind::InvalidInput`]); the message is the pipeline's.
+    #[error("{0}")]
+    InvalidInput(String),
 }
 
 /// The list of problems found in a configuration, one line each.

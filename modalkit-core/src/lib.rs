@@ -20,5 +20,5 @@ pub mod wire;
 pub use batcher::{Batcher, BatcherConfig, SubmitOptions, Ticket};
 pub use context::ModelContext;
 pub use error::{Error, Result};
-pub use pipeline::{InferencePipeline, ItemResult, PipelineError};
+pub use pipeline::{ErrorKind, InferencePipeline, ItemResult, PipelineError};
 pub use settings::Settings;

@@ -134,16 +134,46 @@ pub trait InferencePipeline: Send + Sync + Sized + 'static {
     }
 }
 
+/// What kind of failure a [`PipelineError`] is; the server maps each kind to
+/// one reply (see `docs/http-api.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The input is bad in a way only the pipeline can tell (an image that
+    /// does not decode, a text the tokenizer refuses): `/predict_sync`
+    /// answers 422 with the pipeline's message; in a batch or an async job
+    /// the item gets an error output with that message.
+    InvalidInput,
+    /// The pipeline failed on this item: an error output for an item that
+    /// failed alone in `postprocess`, 500 for a failure of `preprocess` or
+    /// `predict` isolated to this item.
+    Internal,
+    /// The device cannot be trusted any more: intake stops, queued work
+    /// fails, and the server exits so the platform replaces the container.
+    Fatal,
+}
+
 /// An error from pipeline code.
 ///
-/// Any `std::error::Error` converts into it with `?`; [`PipelineError::msg`]
-/// makes one from text. [`PipelineError::fatal`] marks an error after which
-/// the device cannot be trusted: the batcher then stops intake and the server
-/// exits so the platform replaces the container. Errors whose chain carries a
-/// CUDA driver error are fatal too (see [`crate::fatal`]).
+/// Any `std::error::Error` converts into it with `?` (kind
+/// [`ErrorKind::Internal`]); [`PipelineError::msg`] makes one from text,
+/// [`PipelineError::invalid_input`] marks the input as the cause, and
+/// [`PipelineError::fatal`] marks an error after which the device cannot be
+/// trusted. Errors whose chain carries a CUDA driver error are fatal too (see
+/// [`crate::fatal`]).
+///
+/// ```
+/// use modalkit_core::{ErrorKind, PipelineError};
+/// let bad = PipelineError::invalid_input("the image is not a PNG");
+/// assert_eq!(bad.kind(), ErrorKind::InvalidInput);
+/// let io: PipelineError = std::io::Error::other("disk full").into();
+/// assert_eq!(io.kind(), ErrorKind::Internal);
+/// let cuda = PipelineError::msg("CUDA error: out of memory");
+/// assert_eq!(cuda.kind(), ErrorKind::Fatal);
+/// ```
 pub struct PipelineError {
     source: Box<dyn StdError + Send + Sync + 'static>,
-    fatal: bool,
+    kind: ErrorKind,
 }
 
 #[derive(Debug)]
@@ -158,27 +188,52 @@ impl fmt::Display for Message {
 impl StdError for Message {}
 
 impl PipelineError {
-    /// An error with this message.
+    /// An internal error with this message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        PipelineError {
-            source: Box::new(Message(message.to_string())),
-            fatal: false,
-        }
+        Self::with_kind(ErrorKind::Internal, message)
+    }
+
+    /// The input is invalid; `message` is shown to the client.
+    pub fn invalid_input(message: impl fmt::Display) -> Self {
+        Self::with_kind(ErrorKind::InvalidInput, message)
     }
 
     /// A fatal device error with this message: intake stops and the process
     /// exits after draining.
     pub fn fatal(message: impl fmt::Display) -> Self {
+        Self::with_kind(ErrorKind::Fatal, message)
+    }
+
+    /// An error of `kind` with this message.
+    pub fn with_kind(kind: ErrorKind, message: impl fmt::Display) -> Self {
         PipelineError {
             source: Box::new(Message(message.to_string())),
-            fatal: true,
+            kind,
         }
     }
 
-    /// Whether this error takes the fatal path: marked fatal, or classified
-    /// fatal by [`crate::fatal::is_fatal_device_error`].
+    /// This error with its kind replaced (a fatal classification still wins).
+    pub fn into_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The kind: as made, except that an error classified fatal by
+    /// [`crate::fatal::is_fatal_device_error`] is always
+    /// [`ErrorKind::Fatal`].
+    pub fn kind(&self) -> ErrorKind {
+        if self.kind == ErrorKind::Fatal
+            || crate::fatal::is_fatal_device_error(self.source.as_ref())
+        {
+            ErrorKind::Fatal
+        } else {
+            self.kind
+        }
+    }
+
+    /// Whether this error takes the fatal path.
     pub fn is_fatal(&self) -> bool {
-        self.fatal || crate::fatal::is_fatal_device_error(self.source.as_ref())
+        self.kind() == ErrorKind::Fatal
     }
 
     /// The underlying error.
@@ -191,7 +246,7 @@ impl<E: StdError + Send + Sync + 'static> From<E> for PipelineError {
     fn from(error: E) -> Self {
         PipelineError {
             source: Box::new(error),
-            fatal: false,
+            kind: ErrorKind::Internal,
         }
     }
 }
@@ -212,7 +267,7 @@ impl fmt::Debug for PipelineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineError")
             .field("message", &self.to_string())
-            .field("fatal", &self.is_fatal())
+            .field("kind", &self.kind())
             .finish()
     }
 }

@@ -580,20 +580,24 @@ async fn results_reach_their_callers_under_many_concurrent_submitters() {
 }
 
 #[test]
-fn candle_cuda_errors_and_cuda_texts_are_fatal_other_errors_are_not() {
-    let cuda = candle_core::Error::Cuda(Box::new(std::io::Error::other(
-        "an illegal memory access was encountered",
-    )));
-    assert!(
-        PipelineError::from(cuda).is_fatal(),
-        "candle's Error::Cuda is fatal by type"
-    );
+fn cuda_texts_and_registered_classifiers_are_fatal_other_errors_are_not() {
+    #[derive(Debug)]
+    struct DeviceLost;
+    impl std::fmt::Display for DeviceLost {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("device lost")
+        }
+    }
+    impl std::error::Error for DeviceLost {}
+
     assert!(
         PipelineError::msg("CUDA error: out of memory").is_fatal(),
         "CUDA driver text is fatal"
     );
     assert!(PipelineError::fatal("explicit").is_fatal());
     assert!(!PipelineError::msg("shape mismatch in matmul").is_fatal());
-    let shape = candle_core::Error::Msg("shape mismatch".into());
-    assert!(!PipelineError::from(shape).is_fatal());
+    assert!(!PipelineError::from(DeviceLost).is_fatal(), "not registered yet");
+    modalkit_core::fatal::register_classifier(|err| err.is::<DeviceLost>());
+    assert!(PipelineError::from(DeviceLost).is_fatal(), "registered by type");
+    assert!(!PipelineError::msg("device lost").is_fatal(), "by type, not text");
 }

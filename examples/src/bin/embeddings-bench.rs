@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use modalkit_core::InferencePipeline;
+use modalkit::InferencePipeline;
 use modalkit_examples::embeddings::{EmbeddingInput, Embeddings};
 
 #[global_allocator]

@@ -7,5 +7,5 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    modalkit_server::cli::run::<modalkit_examples::embeddings::Embeddings>()
+    modalkit::run::<modalkit_examples::embeddings::Embeddings>()
 }

@@ -1,5 +1,5 @@
 //! Serves the no-op pipeline: `cargo run -p modalkit-examples --bin noop -- --config config/noop.yaml`.
 
 fn main() -> std::process::ExitCode {
-    modalkit_server::cli::run::<modalkit_examples::noop::Noop>()
+    modalkit::run::<modalkit_examples::noop::Noop>()
 }

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use super::intake::{Next, Pending, Shared};
 use crate::context::ModelContext;
 use crate::error::{Error, Result};
-use crate::pipeline::{InferencePipeline, ItemResult, PipelineError};
+use crate::pipeline::{ErrorKind, InferencePipeline, ItemResult, PipelineError};
 
 type Reply<O> = oneshot::Sender<Result<O>>;
 
@@ -128,9 +128,15 @@ fn compute_range<P: InferencePipeline>(
 ) -> Result<(), String> {
     match run_stages(shared, pipeline, inputs) {
         Ok(results) => {
+            if let Some(fatal) = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.is_fatal())) {
+                return Err(fatal.to_string());
+            }
             for (reply, result) in replies.iter_mut().zip(results) {
                 if let Some(reply) = reply.take() {
-                    let _ = reply.send(result.map_err(|err| Error::Item(err.to_string())));
+                    let _ = reply.send(result.map_err(|err| match err.kind() {
+                        ErrorKind::InvalidInput => Error::InvalidInput(err.to_string()),
+                        _ => Error::Item(err.to_string()),
+                    }));
                 }
             }
             Ok(())
@@ -138,7 +144,10 @@ fn compute_range<P: InferencePipeline>(
         Err(err) if err.is_fatal() => Err(err.to_string()),
         Err(err) if inputs.len() <= 1 => {
             if let Some(reply) = replies.first_mut().and_then(Option::take) {
-                let _ = reply.send(Err(Error::Pipeline(err.to_string())));
+                let _ = reply.send(Err(match err.kind() {
+                    ErrorKind::InvalidInput => Error::InvalidInput(err.to_string()),
+                    _ => Error::Pipeline(err.to_string()),
+                }));
             }
             Ok(())
         }

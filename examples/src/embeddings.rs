@@ -6,38 +6,33 @@
 //! at `max_seq_length` (256); mean-pools over the attention mask and
 //! L2-normalizes, as sentence-transformers does.
 //!
-//! On a CPU with AVX-512 the encoder is this project's own ([`cpu`]: packed
+//! On a CPU with AVX-512 the encoder is the project's own
+//! ([`modalkit::candle::encoder::cpu`]: packed
 //! weights, no padding, AVX-512 kernels); elsewhere (CUDA, or a CPU without
-//! AVX-512) it is [`bert`] on candle's ops, fed batches sorted by length and cut into
+//! AVX-512) it is [`BertEncoder`] on candle's ops, fed batches sorted by length and cut into
 //! groups padded only to their own longest item.
 //!
 //! Input `{"text": "..."}` (at most 20,000 characters; empty is allowed and
 //! embeds like sentence-transformers' `""`), output `{"embedding": [384 floats]}`.
 
-pub mod bert;
-pub mod cpu;
-pub mod weights;
-
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use garde::Validate;
-use modalkit_core::device::{DeviceRequest, describe};
-use modalkit_core::{InferencePipeline, ItemResult, ModelContext, PipelineError};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use modalkit::candle::encoder::{
+    BertConfig, BertEncoder, CpuEncoder, Weights, cpu, mean_pool_normalized,
+};
+use modalkit::candle::{describe, resolve};
+use modalkit::device::DeviceRequest;
+use modalkit::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
-
-use bert::{BertConfig, BertEncoder, mean_pool_normalized};
-use cpu::CpuEncoder;
-use weights::Weights;
 
 /// Longest accepted text, in characters (longer inputs are refused with 422
 /// rather than tokenized only to be truncated at 256 tokens).
 pub const MAX_TEXT_CHARS: usize = 20_000;
 
 /// A request.
-#[derive(Debug, Clone, Deserialize, Validate, JsonSchema)]
+#[modalkit::input]
+#[derive(Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingInput {
     /// The text to embed: at most 20,000 characters; truncated at the
@@ -47,14 +42,16 @@ pub struct EmbeddingInput {
 }
 
 /// A result.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[modalkit::output]
+#[derive(Debug, Clone)]
 pub struct EmbeddingOutput {
     /// The L2-normalized sentence embedding (384 floats for MiniLM-L6).
     pub embedding: Vec<f32>,
 }
 
 /// This model's entry in `model_entries`.
-#[derive(Debug, Deserialize)]
+#[modalkit::entry]
+#[derive(Debug)]
 #[serde(deny_unknown_fields)]
 struct EmbeddingsEntry {
     /// The model folder, relative to `local_model_repository_folder`.
@@ -68,12 +65,12 @@ struct EmbeddingsEntry {
     device: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[modalkit::entry]
 struct SentenceBertConfig {
     max_seq_length: usize,
 }
 
-#[derive(Deserialize)]
+#[modalkit::entry]
 struct PoolingConfig {
     pooling_mode_mean_tokens: bool,
     #[serde(default)]
@@ -105,10 +102,10 @@ pub struct Embeddings {
     encoder: Encoder,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PipelineError> {
+fn read_json<T: modalkit::serde::de::DeserializeOwned>(path: &Path) -> Result<T, PipelineError> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| PipelineError::msg(format!("{}: {err}", path.display())))?;
-    serde_json::from_str(&text)
+    modalkit::serde_json::from_str(&text)
         .map_err(|err| PipelineError::msg(format!("{}: {err}", path.display())))
 }
 
@@ -277,7 +274,7 @@ impl InferencePipeline for Embeddings {
 
     fn load(ctx: &ModelContext) -> Result<Self, PipelineError> {
         let entry: EmbeddingsEntry = ctx.entry()?;
-        let device = DeviceRequest::from_context(ctx)?.resolve()?;
+        let device = resolve(DeviceRequest::from_context(ctx)?)?;
         let folder: PathBuf = ctx.model_path(&entry.path);
         Self::load_folder(&folder, device, entry.max_seq_length)
     }

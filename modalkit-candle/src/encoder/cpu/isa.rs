@@ -61,7 +61,7 @@ macro_rules! multiversion {
                 fn avx512($($arg: $ty),*) $(-> $ret)? {
                     body::<true>($($arg),*)
                 }
-                if $crate::embeddings::cpu::isa::avx512() {
+                if $crate::encoder::cpu::isa::avx512() {
                     // SAFETY: `avx512` is compiled for features this CPU was
                     // checked (at run time, by `isa::avx512`) to support.
                     return unsafe { avx512($($arg),*) };
