@@ -41,6 +41,14 @@ pub enum QueueError {
         /// Why.
         message: String,
     },
+    /// The backend is known but this build left it out.
+    #[error("queue backend '{backend}' is not compiled into this binary: enable the `{feature}` feature of the modalkit crate")]
+    NotCompiled {
+        /// The backend.
+        backend: String,
+        /// The Cargo feature that brings it in.
+        feature: String,
+    },
     /// Writing the dead-letter file failed.
     #[error("dead-letter file {path}: {message}")]
     DeadLetter {

@@ -4,22 +4,27 @@
 //! [`Delivery`] step wraps every send in retries with backoff and, when a
 //! result still cannot be delivered, writes it to a dead-letter file, so an
 //! accepted job is never lost. Backends are chosen by name from a
-//! [`BackendRegistry`] (`memory` built in) or injected as instances.
+//! [`BackendRegistry`] (`memory` built in, `sqs` with the `sqs` feature) or
+//! injected as instances.
 
 pub mod backend;
+#[cfg(feature = "sqs")]
 pub mod consumer;
 pub mod delivery;
 pub mod error;
 pub mod memory;
 pub mod outcome;
 pub mod registry;
+#[cfg(feature = "sqs")]
 pub mod sqs;
 
 pub use backend::QueueBackend;
+#[cfg(feature = "sqs")]
 pub use consumer::{ConsumerConfig, InputConsumer};
 pub use delivery::{DeadLetterFile, Delivery, RetryPolicy};
 pub use error::QueueError;
 pub use memory::InMemoryQueue;
 pub use outcome::{ItemOutcome, deliver_outcome};
 pub use registry::BackendRegistry;
+#[cfg(feature = "sqs")]
 pub use sqs::{SqsOptions, SqsQueue};

@@ -45,7 +45,7 @@ pub async fn deliver_outcome<O: Serialize>(
         }
         Err(err) => {
             let error = match err {
-                Error::Item(message) => message,
+                Error::Item(message) | Error::InvalidInput(message) => message,
                 other => other.to_string(),
             };
             if !failure_queue.is_empty() {

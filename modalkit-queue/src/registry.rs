@@ -39,17 +39,26 @@ impl BackendRegistry {
         }
     }
 
-    /// A registry with the built-in `memory` backend.
+    /// A registry with the built-in `memory` and `sqs` backends (`sqs`
+    /// refuses to start with a clear error unless the `sqs` feature is on).
     pub fn with_defaults() -> Self {
         let mut registry = Self::empty();
         registry.register("memory", |_config| async {
             Ok(Arc::new(InMemoryQueue::default()) as Arc<dyn QueueBackend>)
         });
+        #[cfg(feature = "sqs")]
         registry.register("sqs", |config: QueueConfig| async move {
             let options = crate::sqs::SqsOptions {
                 endpoint_url: config.broker_url,
             };
             Ok(Arc::new(crate::sqs::SqsQueue::connect(options).await) as Arc<dyn QueueBackend>)
+        });
+        #[cfg(not(feature = "sqs"))]
+        registry.register("sqs", |_config: QueueConfig| async move {
+            Err(QueueError::NotCompiled {
+                backend: "sqs".to_owned(),
+                feature: "sqs".to_owned(),
+            })
         });
         registry
     }

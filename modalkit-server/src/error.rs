@@ -70,6 +70,9 @@ pub enum ApiError {
     /// The request's deadline passed.
     #[error("the request did not complete within its {0:.3}s deadline")]
     DeadlineExceeded(f64),
+    /// The pipeline said the input is invalid (`PipelineError::invalid_input`).
+    #[error("{0}")]
+    InvalidInput(String),
     /// The pipeline failed on this item.
     #[error("{0}")]
     Pipeline(String),
@@ -100,7 +103,7 @@ impl ApiError {
             InvalidJson(_) | ModelRequired(_) | InvalidQuery(_) | InvalidJobId(_) => {
                 StatusCode::BAD_REQUEST
             }
-            InvalidBody { .. } | Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            InvalidBody { .. } | Validation(_) | InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge(_) | TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnknownModel(..) | JobNotFound(_) | NotFound(_) => StatusCode::NOT_FOUND,
@@ -133,6 +136,7 @@ impl ApiError {
             Overloaded(_) => "overloaded",
             Unavailable(_) => "unavailable",
             DeadlineExceeded(_) => "deadline_exceeded",
+            InvalidInput(_) => "invalid_input",
             Pipeline(_) => "pipeline_error",
             Internal(_) => "internal_error",
         }
@@ -166,6 +170,7 @@ impl From<modalkit_core::Error> for ApiError {
             E::DeadlineExceeded => ApiError::DeadlineExceeded(0.0),
             E::Pipeline(message) => ApiError::Pipeline(message),
             E::Item(message) => ApiError::Pipeline(message),
+            E::InvalidInput(message) => ApiError::InvalidInput(message),
             E::Config(_) | E::ModelEntry { .. } | E::Load { .. } | E::Device { .. } => {
                 ApiError::Internal(error.to_string())
             }

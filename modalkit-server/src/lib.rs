@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod router;
 pub mod routes;
 pub mod server;
+#[cfg(feature = "sqs")]
 pub mod ssm;
 pub mod state;
 pub mod telemetry;

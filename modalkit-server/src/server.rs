@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use modalkit_core::batcher::BatcherState;
 use modalkit_core::{Batcher, BatcherConfig, InferencePipeline, ModelContext, Settings};
-use modalkit_queue::{
-    BackendRegistry, ConsumerConfig, DeadLetterFile, Delivery, InputConsumer, QueueBackend,
-    RetryPolicy, SqsOptions, SqsQueue,
-};
+use modalkit_queue::{BackendRegistry, DeadLetterFile, Delivery, QueueBackend, RetryPolicy};
+#[cfg(feature = "sqs")]
+use modalkit_queue::{ConsumerConfig, InputConsumer, SqsOptions, SqsQueue};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -74,10 +73,32 @@ pub struct ServerOptions {
     /// The AWS configuration for SQS and SSM; default: the standard chain
     /// (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`), with
     /// `queue_config.broker_url` as the SQS endpoint when set.
+    #[cfg(feature = "sqs")]
     pub aws_config: Option<aws_config::SdkConfig>,
 }
 
+/// Without the `sqs` feature there is no input consumer; this stands in for
+/// it in the drain.
+#[cfg(not(feature = "sqs"))]
+struct InputConsumer;
+
+#[cfg(not(feature = "sqs"))]
+impl InputConsumer {
+    fn stop_polling(&self) {}
+    async fn wait(&self) {}
+}
+
+/// A setting that needs the `sqs` feature, in a build without it.
+#[cfg(not(feature = "sqs"))]
+fn not_compiled(field: &str, value: &str) -> ServerError {
+    modalkit_core::Error::config(format!(
+        "{field}: '{value}' needs SQS/SSM support, which this binary was built without: enable the `sqs` feature of the modalkit crate"
+    ))
+    .into()
+}
+
 /// The input consumer to start when serving.
+#[cfg(feature = "sqs")]
 struct ConsumerPlan {
     sqs: Arc<SqsQueue>,
     model: String,
@@ -89,6 +110,7 @@ pub struct Server<P: InferencePipeline> {
     state: Arc<AppState<P>>,
     settings: Settings,
     api_key: Option<ApiKey>,
+    #[cfg(feature = "sqs")]
     consumer: Option<ConsumerPlan>,
 }
 
@@ -98,6 +120,7 @@ impl<P: InferencePipeline> Server<P> {
         let app = &settings.app_settings;
         let server_config = &app.server_config;
         let queue_config = &app.queue_config;
+        #[cfg(feature = "sqs")]
         let sqs_for = |aws: &Option<aws_config::SdkConfig>| {
             let aws = aws.clone();
             let endpoint = queue_config.broker_url.clone();
@@ -115,6 +138,7 @@ impl<P: InferencePipeline> Server<P> {
         };
         let backend: Arc<dyn QueueBackend> = match options.queue_backend {
             Some(backend) => backend,
+            #[cfg(feature = "sqs")]
             None if queue_config.backend == "sqs" && options.aws_config.is_some() => {
                 Arc::new(sqs_for(&options.aws_config).await)
             }
@@ -131,7 +155,9 @@ impl<P: InferencePipeline> Server<P> {
             RetryPolicy::from_config(&app.queue_config),
             DeadLetterFile::new(&app.queue_config.dead_letter_path),
         ));
+        #[cfg_attr(not(feature = "sqs"), allow(unused_mut))]
         let mut key = options.api_key.or_else(|| app.auth_config.api_key.clone());
+        #[cfg(feature = "sqs")]
         if let (None, Some(parameter)) = (&key, &app.auth_config.ssm_key) {
             let aws = match &options.aws_config {
                 Some(config) => config.clone(),
@@ -139,6 +165,10 @@ impl<P: InferencePipeline> Server<P> {
             };
             key = Some(crate::ssm::api_key_from_ssm(&aws, parameter).await?);
             tracing::info!(parameter = %parameter, "API key read from SSM");
+        }
+        #[cfg(not(feature = "sqs"))]
+        if let (None, Some(parameter)) = (&key, &app.auth_config.ssm_key) {
+            return Err(not_compiled("app_settings.auth_config.ssm_key", parameter));
         }
         let api_key = match key {
             Some(key) => Some(
@@ -168,6 +198,11 @@ impl<P: InferencePipeline> Server<P> {
             models.insert(name.clone(), Arc::new(batcher));
         }
         let model_names: Vec<String> = models.keys().cloned().collect();
+        #[cfg(not(feature = "sqs"))]
+        if let Some(queue_name) = &queue_config.input_queue {
+            return Err(not_compiled("app_settings.queue_config.input_queue", queue_name));
+        }
+        #[cfg(feature = "sqs")]
         let consumer = match &queue_config.input_queue {
             None => None,
             Some(queue_name) => {
@@ -229,6 +264,7 @@ impl<P: InferencePipeline> Server<P> {
             state,
             settings,
             api_key,
+            #[cfg(feature = "sqs")]
             consumer,
         })
     }
@@ -284,6 +320,7 @@ impl<P: InferencePipeline> Server<P> {
             }
         });
 
+        #[cfg(feature = "sqs")]
         let consumer = match &self.consumer {
             Some(plan) => {
                 let batcher = Arc::clone(&state.models[&plan.model]);
@@ -298,6 +335,8 @@ impl<P: InferencePipeline> Server<P> {
             }
             None => None,
         };
+        #[cfg(not(feature = "sqs"))]
+        let consumer: Option<InputConsumer> = None;
         let reload_state = Arc::clone(&state);
         let reloads = tokio::spawn(reload_on_sighup(reload_state));
         let stopped = wait_for_stop(&state, shutdown).await;

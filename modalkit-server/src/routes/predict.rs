@@ -54,6 +54,7 @@ pub async fn predict_sync<P: InferencePipeline>(
     }
 }
 
+
 /// An array of messages in, one `InferenceOutput` per message out, in order.
 /// Items enter the batcher one by one, so they mix with other traffic.
 pub async fn predict_batch<P: InferencePipeline>(
@@ -96,7 +97,7 @@ pub async fn predict_batch<P: InferencePipeline>(
         for ticket in tickets {
             outputs.push(match ticket.await {
                 Ok(output) => InferenceOutput::success(output, Meta::new()),
-                Err(Error::Item(message) | Error::Pipeline(message)) => {
+                Err(Error::Item(message) | Error::Pipeline(message) | Error::InvalidInput(message)) => {
                     InferenceOutput::failure(message, Meta::new())
                 }
                 Err(Error::DeadlineExceeded) => return Err(ApiError::DeadlineExceeded(timeout)),
