@@ -15,8 +15,14 @@ pipeline's ``on_volume_reload`` runs.
 Environment read at deploy time:
   MODALKIT_CONFIG        config file(s), comma-separated (default modalkit.yaml)
   MODALKIT_APP_POSTFIX   appended to app_prefix (default -dev)
-  MODALKIT_EXAMPLE       which example binary the Dockerfile builds (default translate)
-  MODALKIT_DOCKERFILE    Dockerfile to build (default deploy/Dockerfile)
+  MODALKIT_PACKAGE       the Cargo package the image builds (default: this project's)
+  MODALKIT_BINARY        its binary (default: this project's; MODALKIT_EXAMPLE is an alias)
+  MODALKIT_FEATURES      Cargo features to build with (default none; `cuda` for GPU images)
+  MODALKIT_DOCKERFILE    Dockerfile to build (default: this project's Dockerfile,
+                         Dockerfile.cuda when a GPU is configured)
+
+`modalkit new` copies this file into a new project and sets the project
+block below to that project's package and binary.
 """
 
 from __future__ import annotations
@@ -32,7 +38,13 @@ from typing import Any
 import modal
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+# The project block: `modalkit new` rewrites these lines for a new project.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGE = "modalkit-examples"
+PROJECT_BINARY = "translate"
+PROJECT_DOCKERFILE = "deploy/Dockerfile"
+PROJECT_CUDA_DOCKERFILE = "deploy/Dockerfile.cuda"
+
 PORT = 8000
 SERVER_BINARY = "/usr/local/bin/modalkit-server"
 CONTAINER_CONFIG_DIR = "/etc/modalkit"
@@ -109,6 +121,25 @@ def container_config_paths(paths: list[Path]) -> list[str]:
     return [f"{CONTAINER_CONFIG_DIR}/{i}-{p.name}" for i, p in enumerate(paths)]
 
 
+def image_source(settings: dict, paths: list[Path], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """What the image is built from when ``build_config.image`` is not set: the project's
+    Dockerfile (the CUDA one when a GPU is configured), the project folder as context, and
+    the package, binary, features and config file as build arguments."""
+    gpu = bool(_as_list(_section(settings, "deployment_config").get("gpu")))
+    default_dockerfile = PROJECT_CUDA_DOCKERFILE if gpu else PROJECT_DOCKERFILE
+    dockerfile = Path(environ.get("MODALKIT_DOCKERFILE", str(PROJECT_ROOT / default_dockerfile)))
+    binary = environ.get("MODALKIT_BINARY") or environ.get("MODALKIT_EXAMPLE") or PROJECT_BINARY
+    build_args = {
+        "PACKAGE": environ.get("MODALKIT_PACKAGE", PROJECT_PACKAGE),
+        "BIN": binary,
+        "FEATURES": environ.get("MODALKIT_FEATURES", "cuda" if gpu else ""),
+    }
+    first = paths[0].resolve() if paths else None
+    if first is not None and first.is_relative_to(PROJECT_ROOT):
+        build_args["CONFIG"] = first.relative_to(PROJECT_ROOT).as_posix()
+    return {"dockerfile": str(dockerfile), "context_dir": str(PROJECT_ROOT), "build_args": build_args}
+
+
 def build_image(settings: dict, paths: list[Path], environ: Mapping[str, str] = os.environ) -> modal.Image:
     """The image: ``build_config.image``/``tag`` from a registry, else our Dockerfile; then
     ``env``, ``extra_run_commands``, ``workdir``, the config files and ``deployment_config.mounts``."""
@@ -117,11 +148,11 @@ def build_image(settings: dict, paths: list[Path], environ: Mapping[str, str] = 
         reference = build["image"] + (f":{build['tag']}" if build.get("tag") else "")
         image = modal.Image.from_registry(reference, add_python="3.11")
     else:
-        dockerfile = environ.get("MODALKIT_DOCKERFILE", str(REPO / "deploy" / "Dockerfile"))
+        source = image_source(settings, paths, environ)
         image = modal.Image.from_dockerfile(
-            dockerfile,
-            context_dir=REPO,
-            build_args={"EXAMPLE": environ.get("MODALKIT_EXAMPLE", "translate")},
+            source["dockerfile"],
+            context_dir=source["context_dir"],
+            build_args=source["build_args"],
             add_python="3.11",
         )
     env = {str(k): str(v) for k, v in (build.get("env") or {}).items()}

@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust workspace (unit, integration, end-to-end against
-# real servers and processes, SQS/SSM against moto, doctests), then the Modal
-# deployment tests. Installs what it needs: moto into .venv-moto, modal into
-# .venv-modal. The shared moto server is stopped by PID on exit; fault tests
-# start and stop private ones.
+# real servers and processes, SQS/SSM against moto, a generated project built
+# and served, doctests), then the Modal deployment tests. Installs what it
+# needs first: moto into .venv-moto, modal into .venv-modal. The shared moto
+# server is stopped by PID on exit; fault tests start and stop private ones.
+# One `cargo test --workspace` builds everything the tests start (the test
+# server, the examples' binaries, the `modalkit` command), so nothing is built
+# twice with other features.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/moto.sh install
+scripts/test-modal.sh install
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 trap 'scripts/moto.sh stop' EXIT
 scripts/moto.sh start "$port"
 export MODALKIT_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
 export MODALKIT_TEST_MOTO_SERVER="$PWD/.venv-moto/bin/moto_server"
+export MODALKIT_TEST_MODAL_PYTHON="$PWD/.venv-modal/bin/python"
 
 cargo test --workspace --locked "$@"
 scripts/test-modal.sh

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub enum Failure {
     /// Postprocess fails this item alone.
     Item,
+    /// Postprocess says this item's input is invalid (422 when alone).
+    Invalid,
     /// Predict fails any batch holding this item.
     Batch,
     /// Predict panics.
@@ -32,7 +34,7 @@ pub struct EchoInput {
     pub text: String,
     /// How many times to repeat it (1..=10).
     #[serde(default)]
-    #[garde(inner(range(min = 1, max = 10)))]
+    #[garde(range(min = 1, max = 10))]
     pub repeat: Option<u32>,
     /// Sleep this long in predict (at most 10 s).
     #[serde(default)]
@@ -103,6 +105,12 @@ impl InferencePipeline for EchoPipeline {
                 if input.fail == Some(Failure::Item) {
                     return Err(PipelineError::msg(format!(
                         "item '{}' was asked to fail",
+                        input.text
+                    )));
+                }
+                if input.fail == Some(Failure::Invalid) {
+                    return Err(PipelineError::invalid_input(format!(
+                        "item '{}' is not a valid input",
                         input.text
                     )));
                 }

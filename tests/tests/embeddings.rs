@@ -178,7 +178,7 @@ const CHILD_REPORT: &str = "native-vs-candle isa=";
 #[test]
 fn native_encoder_matches_candle_encoder() {
     use modalkit_examples::embeddings::Engine;
-    use modalkit_examples::embeddings::cpu::isa;
+    use modalkit::candle::encoder::cpu::isa;
 
     let folder = minilm_folder();
     let load = |engine| {

@@ -863,3 +863,30 @@ async fn metrics_show_batches_larger_than_one_under_concurrent_load() {
         sum / count
     );
 }
+
+#[tokio::test]
+async fn an_input_the_pipeline_calls_invalid_is_422_alone_and_an_error_item_in_a_batch() {
+    let server = server("echo", "").await;
+    let client = client();
+    let (status, body) = post_json(
+        &client,
+        &server.url("/predict_sync"),
+        &json!({"text": "odd", "fail": "invalid"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_input");
+    assert_eq!(body["error"]["message"], "item 'odd' is not a valid input");
+    let (status, body) = post_json(
+        &client,
+        &server.url("/predict_batch"),
+        &json!([{"text": "ok"}, {"text": "odd", "fail": "invalid"}]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["status"], "success");
+    assert_eq!(
+        body[1],
+        json!({"status": "error", "error": "item 'odd' is not a valid input", "meta": {}})
+    );
+}

@@ -1,0 +1,66 @@
+//! modalkit-rs: serve a model the way modalkit does, from Rust.
+//!
+//! Implement [`InferencePipeline`] for your model, write a `modalkit.yaml`,
+//! and call [`run`] from `main`: you get a server with dynamic batching,
+//! `/predict_sync`, `/predict_batch` and `/predict_async`, results delivered
+//! to queues, health, metrics and OpenAPI docs. This crate is the one
+//! dependency a pipeline crate needs: it re-exports the contract
+//! ([`modalkit_core`]), the server ([`server`]), the queues ([`queue`]) and the
+//! crates the derive macros expand to ([`serde`], [`schemars`], [`garde`]).
+//!
+//! Features: `sqs` (SQS queues, the SQS input consumer, the API key from
+//! SSM), `candle` (device selection, candle's CUDA errors as fatal, the BERT
+//! encoder: [`candle`]), `cuda` (`candle` built for NVIDIA GPUs). With no
+//! features it pulls in neither candle nor the AWS SDK.
+//!
+//! `cargo run -p modalkit -- new my-model` writes a new project (pipeline,
+//! `modalkit.yaml`, Dockerfile, Modal app); see [`scaffold`].
+
+pub mod scaffold;
+
+pub use modalkit_core::{
+    Batcher, BatcherConfig, Error, ErrorKind, InferencePipeline, ItemResult, ModelContext,
+    PipelineError, Settings, SubmitOptions, Ticket,
+};
+pub use modalkit_core::{batcher, context, device, fatal, pipeline, settings, wire};
+pub use modalkit_server::{ApiError, EXIT_DEVICE_FAILED, Server, ServerError, ServerOptions, Stopped};
+
+/// The HTTP server: router, handlers, jobs, auth, OpenAPI, CLI.
+pub mod server {
+    pub use modalkit_server::*;
+}
+
+/// Result delivery: the `QueueBackend` trait, in-memory and SQS backends.
+pub mod queue {
+    pub use modalkit_queue::*;
+}
+
+#[cfg(feature = "candle")]
+pub use modalkit_candle as candle;
+
+pub use modalkit_macros::{entry, input, output};
+
+pub use garde;
+pub use schemars;
+pub use serde;
+pub use serde_json;
+
+/// The command line of a server binary for pipeline `P`: `serve` (default),
+/// `check` and `openapi`, over `modalkit.yaml` and `MODALKIT_` variables.
+///
+/// ```no_run
+/// # fn demo<MyModel: modalkit::InferencePipeline>() -> std::process::ExitCode {
+/// modalkit::run::<MyModel>()
+/// # }
+/// ```
+pub fn run<P: InferencePipeline>() -> std::process::ExitCode {
+    modalkit_server::cli::run::<P>()
+}
+
+/// The contract in one `use modalkit::prelude::*;`.
+pub mod prelude {
+    pub use garde::Validate as _;
+    pub use modalkit_core::{
+        ErrorKind, InferencePipeline, ItemResult, ModelContext, PipelineError,
+    };
+}
