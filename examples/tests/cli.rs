@@ -2,6 +2,7 @@
 //! the merged config with secrets redacted, `openapi` the document, and a bad
 //! config fails start-up with exit code 1 naming the field. (Building this
 //! test also builds the `translate` binary the Modal deployment tests run.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 
@@ -32,7 +33,12 @@ fn check_prints_the_merged_config_with_env_overrides() {
     assert_eq!(code, 0, "{stderr}");
     let merged: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(merged["app_settings"]["batch_config"]["wait_ms"], 17);
-    assert!(merged["model_settings"]["model_entries"].get("translator").is_some(), "{merged}");
+    assert!(
+        merged["model_settings"]["model_entries"]
+            .get("translator")
+            .is_some(),
+        "{merged}"
+    );
 }
 
 #[test]

@@ -22,7 +22,10 @@ static CLASSIFIERS: RwLock<Vec<Classifier>> = RwLock::new(Vec::new());
 /// the same function twice keeps one.
 pub fn register_classifier(classifier: Classifier) {
     let mut classifiers = CLASSIFIERS.write().unwrap_or_else(|p| p.into_inner());
-    if !classifiers.iter().any(|known| std::ptr::fn_addr_eq(*known, classifier)) {
+    if !classifiers
+        .iter()
+        .any(|known| std::ptr::fn_addr_eq(*known, classifier))
+    {
         classifiers.push(classifier);
     }
 }

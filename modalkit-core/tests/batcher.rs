@@ -596,8 +596,17 @@ fn cuda_texts_and_registered_classifiers_are_fatal_other_errors_are_not() {
     );
     assert!(PipelineError::fatal("explicit").is_fatal());
     assert!(!PipelineError::msg("shape mismatch in matmul").is_fatal());
-    assert!(!PipelineError::from(DeviceLost).is_fatal(), "not registered yet");
+    assert!(
+        !PipelineError::from(DeviceLost).is_fatal(),
+        "not registered yet"
+    );
     modalkit_core::fatal::register_classifier(|err| err.is::<DeviceLost>());
-    assert!(PipelineError::from(DeviceLost).is_fatal(), "registered by type");
-    assert!(!PipelineError::msg("device lost").is_fatal(), "by type, not text");
+    assert!(
+        PipelineError::from(DeviceLost).is_fatal(),
+        "registered by type"
+    );
+    assert!(
+        !PipelineError::msg("device lost").is_fatal(),
+        "by type, not text"
+    );
 }

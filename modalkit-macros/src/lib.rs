@@ -68,11 +68,17 @@ fn expand(args: TokenStream, item: TokenStream, role: Role) -> syn::Result<Token
     }
     let (derives, schema_crate) = match role {
         Role::Input => (
-            quote!(::modalkit::serde::Deserialize, ::modalkit::schemars::JsonSchema),
+            quote!(
+                ::modalkit::serde::Deserialize,
+                ::modalkit::schemars::JsonSchema
+            ),
             quote!(#[schemars(crate = "::modalkit::schemars")]),
         ),
         Role::Output => (
-            quote!(::modalkit::serde::Serialize, ::modalkit::schemars::JsonSchema),
+            quote!(
+                ::modalkit::serde::Serialize,
+                ::modalkit::schemars::JsonSchema
+            ),
             quote!(#[schemars(crate = "::modalkit::schemars")]),
         ),
         Role::Entry => (quote!(::modalkit::serde::Deserialize), Tokens::new()),
@@ -102,7 +108,11 @@ fn add_schema_patterns(item: &mut DeriveInput) -> syn::Result<()> {
         let mut names = Vec::new();
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("garde")) {
             let rules = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
-            names.extend(rules.iter().filter_map(|r| r.path().get_ident().map(ToString::to_string)));
+            names.extend(
+                rules
+                    .iter()
+                    .filter_map(|r| r.path().get_ident().map(ToString::to_string)),
+            );
         }
         if names.iter().any(|n| n == "pattern") {
             continue;
@@ -114,7 +124,9 @@ fn add_schema_patterns(item: &mut DeriveInput) -> syn::Result<()> {
         } else {
             continue;
         };
-        field.attrs.push(syn::parse_quote!(#[schemars(pattern(#pattern))]));
+        field
+            .attrs
+            .push(syn::parse_quote!(#[schemars(pattern(#pattern))]));
     }
     Ok(())
 }
@@ -269,7 +281,10 @@ fn rule_checks(rules: &Punctuated<Meta, Token![,]>) -> syn::Result<Tokens> {
 fn list(rule: &Meta) -> syn::Result<&syn::MetaList> {
     match rule {
         Meta::List(list) => Ok(list),
-        other => Err(syn::Error::new(other.span(), "this rule takes arguments: rule(...)")),
+        other => Err(syn::Error::new(
+            other.span(),
+            "this rule takes arguments: rule(...)",
+        )),
     }
 }
 
@@ -291,7 +306,10 @@ impl Bounds {
         for item in items {
             match &item {
                 Meta::Path(path) if with_mode => {
-                    let mode = path.get_ident().map(ToString::to_string).unwrap_or_default();
+                    let mode = path
+                        .get_ident()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
                     if !matches!(mode.as_str(), "simple" | "bytes" | "chars" | "utf16") {
                         return Err(syn::Error::new(
                             path.span(),
@@ -300,13 +318,22 @@ impl Bounds {
                     }
                     bounds.mode = Some(mode);
                 }
-                Meta::NameValue(pair) if pair.path.is_ident("min") => bounds.min = Some(pair.value.clone()),
-                Meta::NameValue(pair) if pair.path.is_ident("max") => bounds.max = Some(pair.value.clone()),
+                Meta::NameValue(pair) if pair.path.is_ident("min") => {
+                    bounds.min = Some(pair.value.clone())
+                }
+                Meta::NameValue(pair) if pair.path.is_ident("max") => {
+                    bounds.max = Some(pair.value.clone())
+                }
                 Meta::NameValue(pair) if pair.path.is_ident("equal") => {
                     bounds.min = Some(pair.value.clone());
                     bounds.max = Some(pair.value.clone());
                 }
-                other => return Err(syn::Error::new(other.span(), "expected min = .., max = .. or equal = ..")),
+                other => {
+                    return Err(syn::Error::new(
+                        other.span(),
+                        "expected min = .., max = .. or equal = ..",
+                    ));
+                }
             }
         }
         Ok(bounds)

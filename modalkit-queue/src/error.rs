@@ -42,7 +42,9 @@ pub enum QueueError {
         message: String,
     },
     /// The backend is known but this build left it out.
-    #[error("queue backend '{backend}' is not compiled into this binary: enable the `{feature}` feature of the modalkit crate")]
+    #[error(
+        "queue backend '{backend}' is not compiled into this binary: enable the `{feature}` feature of the modalkit crate"
+    )]
     NotCompiled {
         /// The backend.
         backend: String,

@@ -103,7 +103,9 @@ impl ApiError {
             InvalidJson(_) | ModelRequired(_) | InvalidQuery(_) | InvalidJobId(_) => {
                 StatusCode::BAD_REQUEST
             }
-            InvalidBody { .. } | Validation(_) | InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            InvalidBody { .. } | Validation(_) | InvalidInput(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge(_) | TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnknownModel(..) | JobNotFound(_) | NotFound(_) => StatusCode::NOT_FOUND,

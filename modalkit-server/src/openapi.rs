@@ -104,7 +104,9 @@ fn describe(code: &str) -> &'static str {
         "404" => "Unknown model or job.",
         "413" => "Body or batch too large.",
         "415" => "Content-Type is not JSON.",
-        "422" => "The message does not fit the input schema, fails validation, or the pipeline found it invalid.",
+        "422" => {
+            "The message does not fit the input schema, fails validation, or the pipeline found it invalid."
+        }
         "500" => "The pipeline failed on this item.",
         "503" => "Overloaded (see Retry-After), shutting down, or the device failed.",
         "504" => "The request's deadline passed.",

@@ -200,7 +200,10 @@ impl<P: InferencePipeline> Server<P> {
         let model_names: Vec<String> = models.keys().cloned().collect();
         #[cfg(not(feature = "sqs"))]
         if let Some(queue_name) = &queue_config.input_queue {
-            return Err(not_compiled("app_settings.queue_config.input_queue", queue_name));
+            return Err(not_compiled(
+                "app_settings.queue_config.input_queue",
+                queue_name,
+            ));
         }
         #[cfg(feature = "sqs")]
         let consumer = match &queue_config.input_queue {

@@ -23,7 +23,9 @@ pub use modalkit_core::{
     PipelineError, Settings, SubmitOptions, Ticket,
 };
 pub use modalkit_core::{batcher, context, device, fatal, pipeline, settings, wire};
-pub use modalkit_server::{ApiError, EXIT_DEVICE_FAILED, Server, ServerError, ServerOptions, Stopped};
+pub use modalkit_server::{
+    ApiError, EXIT_DEVICE_FAILED, Server, ServerError, ServerOptions, Stopped,
+};
 
 /// The HTTP server: router, handlers, jobs, auth, OpenAPI, CLI.
 pub mod server {

@@ -27,13 +27,17 @@ pub struct NewProject {
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     /// The folder name is not a valid crate name.
-    #[error("'{0}' is not a valid crate name: use letters, digits, '-' or '_', starting with a letter")]
+    #[error(
+        "'{0}' is not a valid crate name: use letters, digits, '-' or '_', starting with a letter"
+    )]
     InvalidName(String),
     /// The folder exists and is not empty.
     #[error("{0} already exists and is not empty")]
     NotEmpty(PathBuf),
     /// `--modalkit-path` holds no `modalkit` crate.
-    #[error("{0} holds no modalkit crate (expected Cargo.toml with name = \"modalkit\", or modalkit/Cargo.toml)")]
+    #[error(
+        "{0} holds no modalkit crate (expected Cargo.toml with name = \"modalkit\", or modalkit/Cargo.toml)"
+    )]
     NoModalkitCrate(PathBuf),
     /// Writing failed.
     #[error("{path}: {source}")]
@@ -101,10 +105,15 @@ pub fn write_project(request: &NewProject) -> Result<Written, ScaffoldError> {
     let dependency = match (&request.modalkit_path, &request.modalkit_git) {
         (Some(path), _) => {
             let crate_dir = modalkit_crate_dir(path)?;
-            format!("{{ path = {} }}", toml_string(&crate_dir.display().to_string()))
+            format!(
+                "{{ path = {} }}",
+                toml_string(&crate_dir.display().to_string())
+            )
         }
         (None, git) => {
-            let url = git.clone().unwrap_or_else(|| env!("CARGO_PKG_REPOSITORY").to_owned());
+            let url = git
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_PKG_REPOSITORY").to_owned());
             format!("{{ git = {} }}", toml_string(&url))
         }
     };
@@ -121,7 +130,10 @@ pub fn write_project(request: &NewProject) -> Result<Written, ScaffoldError> {
         (".gitignore", GITIGNORE.to_owned()),
         (".dockerignore", DOCKERIGNORE.to_owned()),
         ("Dockerfile", project_dockerfile(DOCKERFILE, &name)),
-        ("Dockerfile.cuda", project_dockerfile(DOCKERFILE_CUDA, &name)),
+        (
+            "Dockerfile.cuda",
+            project_dockerfile(DOCKERFILE_CUDA, &name),
+        ),
         ("modal_app.py", project_modal_app(&name)),
     ];
     for (relative, content) in &files {
@@ -153,7 +165,10 @@ fn modalkit_crate_dir(path: &Path) -> Result<PathBuf, ScaffoldError> {
     })?;
     for candidate in [absolute.clone(), absolute.join("modalkit")] {
         let manifest = std::fs::read_to_string(candidate.join("Cargo.toml")).unwrap_or_default();
-        if manifest.lines().any(|line| line.trim() == "name = \"modalkit\"") {
+        if manifest
+            .lines()
+            .any(|line| line.trim() == "name = \"modalkit\"")
+        {
             return Ok(candidate);
         }
     }
@@ -187,7 +202,9 @@ fn project_modal_app(name: &str) -> String {
     MODAL_APP
         .lines()
         .map(|line| match line.split_once(" = ") {
-            Some(("PROJECT_ROOT", _)) => "PROJECT_ROOT = Path(__file__).resolve().parent".to_owned(),
+            Some(("PROJECT_ROOT", _)) => {
+                "PROJECT_ROOT = Path(__file__).resolve().parent".to_owned()
+            }
             Some(("PROJECT_PACKAGE", _)) => format!("PROJECT_PACKAGE = \"{name}\""),
             Some(("PROJECT_BINARY", _)) => format!("PROJECT_BINARY = \"{name}\""),
             Some(("PROJECT_DOCKERFILE", _)) => "PROJECT_DOCKERFILE = \"Dockerfile\"".to_owned(),
@@ -219,7 +236,11 @@ mod tests {
         }
         for template in [DOCKERFILE, DOCKERFILE_CUDA] {
             let docker = project_dockerfile(template, "my-model");
-            for line in ["ARG PACKAGE=my-model\n", "ARG BIN=my-model\n", "ARG CONFIG=modalkit.yaml\n"] {
+            for line in [
+                "ARG PACKAGE=my-model\n",
+                "ARG BIN=my-model\n",
+                "ARG CONFIG=modalkit.yaml\n",
+            ] {
                 assert!(docker.contains(line), "Dockerfile lacks {line:?}");
             }
         }

@@ -4,6 +4,7 @@
 //! Modal app offline and check the image builds its own package and binary.
 //! Also keeps the README's quickstart identical to the generated pipeline, so
 //! the quickstart is what this test compiles.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -86,13 +87,23 @@ fn a_new_project_builds_serves_and_its_modal_app_builds_its_own_binary() {
         .lines()
         .filter(|l| l.starts_with("modalkit"))
         .collect();
-    assert_eq!(modalkit_lines.len(), 1, "one modalkit dependency: {manifest}");
+    assert_eq!(
+        modalkit_lines.len(),
+        1,
+        "one modalkit dependency: {manifest}"
+    );
     assert!(
-        !manifest.contains("garde") && !manifest.contains("serde") && !manifest.contains("schemars"),
+        !manifest.contains("garde")
+            && !manifest.contains("serde")
+            && !manifest.contains("schemars"),
         "the project depends on modalkit alone: {manifest}"
     );
     // The versions this workspace tested, not whatever is newest today.
-    std::fs::copy(workspace_root().join("Cargo.lock"), project.join("Cargo.lock")).unwrap();
+    std::fs::copy(
+        workspace_root().join("Cargo.lock"),
+        project.join("Cargo.lock"),
+    )
+    .unwrap();
 
     let build = Command::new(env!("CARGO"))
         .args(["build", "--quiet"])
@@ -124,27 +135,42 @@ fn a_new_project_builds_serves_and_its_modal_app_builds_its_own_binary() {
             if ready.is_ok_and(|r| r.status() == 200) {
                 break;
             }
-            assert!(Instant::now() < deadline, "the new project never became ready");
+            assert!(
+                Instant::now() < deadline,
+                "the new project never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let post = |body: Value| {
-            let request = client.post(format!("{base}/predict_sync")).json(&body).send();
+            let request = client
+                .post(format!("{base}/predict_sync"))
+                .json(&body)
+                .send();
             async move {
                 let response = request.await.unwrap();
                 let status = response.status().as_u16();
                 (status, response.json::<Value>().await.unwrap())
             }
         };
-        let (status, body) = post(json!({"text": "a fine review of at least fifty characters, for sure"})).await;
+        let (status, body) =
+            post(json!({"text": "a fine review of at least fifty characters, for sure"})).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["status"], "success");
         assert_eq!(body["label"], "positive");
         assert!(body["error"].is_null());
         let (status, body) = post(json!({"text": "   "})).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_input")), "{body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("invalid_input")),
+            "{body}"
+        );
         assert_eq!(body["error"]["message"], "the review is only whitespace");
         let (status, body) = post(json!({"text": ""})).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (422, Some("validation_failed")), "{body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("validation_failed")),
+            "{body}"
+        );
         let openapi: Value = client
             .get(format!("{base}/openapi.json"))
             .send()
@@ -154,7 +180,11 @@ fn a_new_project_builds_serves_and_its_modal_app_builds_its_own_binary() {
             .await
             .unwrap();
         let text = &openapi["components"]["schemas"]["Review"]["properties"]["text"];
-        assert_eq!((text["minLength"].as_u64(), text["maxLength"].as_u64()), (Some(1), Some(5000)), "{openapi}");
+        assert_eq!(
+            (text["minLength"].as_u64(), text["maxLength"].as_u64()),
+            (Some(1), Some(5000)),
+            "{openapi}"
+        );
     });
     drop(server);
 
@@ -196,8 +226,14 @@ print(json.dumps({"app": app.app.name, "methods": info.method_names,
     assert_eq!(imported["methods"], json!(["serve"]));
     let source = &imported["source"];
     let project_dir = project.canonicalize().unwrap();
-    assert_eq!(source["context_dir"], json!(project_dir.display().to_string()));
-    assert_eq!(source["dockerfile"], json!(project_dir.join("Dockerfile").display().to_string()));
+    assert_eq!(
+        source["context_dir"],
+        json!(project_dir.display().to_string())
+    );
+    assert_eq!(
+        source["dockerfile"],
+        json!(project_dir.join("Dockerfile").display().to_string())
+    );
     assert_eq!(
         source["build_args"],
         json!({"PACKAGE": "review-model", "BIN": "review-model", "FEATURES": "", "CONFIG": "modalkit.yaml"})

@@ -177,8 +177,8 @@ const CHILD_REPORT: &str = "native-vs-candle isa=";
 
 #[test]
 fn native_encoder_matches_candle_encoder() {
-    use modalkit_examples::embeddings::Engine;
     use modalkit::candle::encoder::cpu::isa;
+    use modalkit_examples::embeddings::Engine;
 
     let folder = minilm_folder();
     let load = |engine| {

@@ -31,7 +31,10 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
 fn types(schema: &Value) -> Vec<String> {
     match &schema["type"] {
         Value::String(t) => vec![t.clone()],
-        Value::Array(ts) => ts.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
+        Value::Array(ts) => ts
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -64,9 +67,15 @@ fn probes(schema: &Value) -> Vec<Value> {
     if kinds.iter().any(|t| t == "string") {
         let min = schema["minLength"].as_u64().unwrap_or(0) as usize;
         let max = schema["maxLength"].as_u64().map(|m| m as usize);
-        for n in [Some(min), min.checked_sub(1), max, max.map(|m| m + 1), Some(min.max(1) + 1)]
-            .into_iter()
-            .flatten()
+        for n in [
+            Some(min),
+            min.checked_sub(1),
+            max,
+            max.map(|m| m + 1),
+            Some(min.max(1) + 1),
+        ]
+        .into_iter()
+        .flatten()
         {
             values.push(Value::String("a".repeat(n)));
             values.push(Value::String("é".repeat(n)));
@@ -117,8 +126,8 @@ async fn check_agreement<P: InferencePipeline>(yaml: &str, base: Value, fixed: &
         TestServer::start_pipeline::<P>(settings_from_yaml(yaml), Default::default()).await;
     let client = client();
     let doc = get_json(&client, &server.url("/openapi.json")).await;
-    let input = &doc["paths"]["/predict_sync"]["post"]["requestBody"]["content"]
-        ["application/json"]["schema"];
+    let input = &doc["paths"]["/predict_sync"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
     let cases = cases(&doc, input, base.as_object().unwrap(), fixed);
     assert!(cases.len() >= 10, "too few probes: {}", cases.len());
     for case in &cases {
@@ -135,8 +144,10 @@ async fn check_agreement<P: InferencePipeline>(yaml: &str, base: Value, fixed: &
 
 #[tokio::test]
 async fn translate_schema_states_every_rule_the_server_enforces() {
-    let yaml = "app_settings:\n  app_prefix: t\nmodel_settings:\n  model_entries:\n    translator: {}\n";
-    let checked = check_agreement::<Translator>(yaml, json!({"text": "hello", "language": "fr"}), &[]).await;
+    let yaml =
+        "app_settings:\n  app_prefix: t\nmodel_settings:\n  model_entries:\n    translator: {}\n";
+    let checked =
+        check_agreement::<Translator>(yaml, json!({"text": "hello", "language": "fr"}), &[]).await;
     println!("translate: {checked} probes, schema and server agree");
 }
 

@@ -128,7 +128,10 @@ fn compute_range<P: InferencePipeline>(
 ) -> Result<(), String> {
     match run_stages(shared, pipeline, inputs) {
         Ok(results) => {
-            if let Some(fatal) = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.is_fatal())) {
+            if let Some(fatal) = results
+                .iter()
+                .find_map(|r| r.as_ref().err().filter(|e| e.is_fatal()))
+            {
                 return Err(fatal.to_string());
             }
             for (reply, result) in replies.iter_mut().zip(results) {

@@ -54,7 +54,6 @@ pub async fn predict_sync<P: InferencePipeline>(
     }
 }
 
-
 /// An array of messages in, one `InferenceOutput` per message out, in order.
 /// Items enter the batcher one by one, so they mix with other traffic.
 pub async fn predict_batch<P: InferencePipeline>(
@@ -97,9 +96,9 @@ pub async fn predict_batch<P: InferencePipeline>(
         for ticket in tickets {
             outputs.push(match ticket.await {
                 Ok(output) => InferenceOutput::success(output, Meta::new()),
-                Err(Error::Item(message) | Error::Pipeline(message) | Error::InvalidInput(message)) => {
-                    InferenceOutput::failure(message, Meta::new())
-                }
+                Err(
+                    Error::Item(message) | Error::Pipeline(message) | Error::InvalidInput(message),
+                ) => InferenceOutput::failure(message, Meta::new()),
                 Err(Error::DeadlineExceeded) => return Err(ApiError::DeadlineExceeded(timeout)),
                 Err(other) => return Err(other.into()),
             });
