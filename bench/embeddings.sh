@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Embeddings benchmark, in one run on loopback: raw in-process throughput of
-# the pipeline at batch 1/8/32 and the server's max_batch_size, then the server (config/embeddings.yaml) under
-# wrk at concurrency 1/8/32 posting one ~10-word sentence, its peak resident
-# memory, and the served/raw ratio. Writes bench/out/embeddings.md and a PNG
-# chart of throughput against concurrency (bench/out/embeddings.png).
+# Embeddings benchmark, in one run on loopback, for every ISA path of the CPU
+# encoder this machine can run (avx512, avx2; forced with MODALKIT_CPU_ISA):
+# raw in-process throughput of the pipeline at batch 1/8/32 and the server's
+# max_batch_size, then the server (config/embeddings.yaml) under wrk at
+# concurrency 1/8/32 posting one ~10-word sentence, its peak resident memory,
+# and the served/raw ratio. Writes bench/out/embeddings.md and a PNG chart of
+# throughput against concurrency (bench/out/embeddings.png).
 #
 # Usage: bench/embeddings.sh [--with-python-peer]
 #   --with-python-peer  also installs (in .venv-peer) and measures the Python
 #                       peer: FastAPI + uvicorn + an asyncio batcher (max 32,
 #                       wait 5 ms) over sentence-transformers on torch.
-# DURATION (seconds per wrk run, default 15), RAW_SECONDS (default 5).
+# DURATION (seconds per wrk run, default 15), RAW_SECONDS (default 5),
+# ISAS (paths to measure, default: every one of avx512 and avx2 this CPU has).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,9 +35,19 @@ if [ ! -x .venv-bench/bin/python ] || ! .venv-bench/bin/python -c "import matplo
   python3 -m venv .venv-bench && .venv-bench/bin/pip install -q --disable-pip-version-check matplotlib==3.10.7
 fi
 
-echo "== raw in-process throughput (${RAW_SECONDS}s per batch size)"
+if [ -z "${ISAS:-}" ]; then
+  ISAS=""
+  grep -qw avx512f /proc/cpuinfo && ISAS="avx512"
+  grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo && ISAS="$ISAS avx2"
+fi
 MAX_BATCH=$(awk '/max_batch_size:/ {print $2; exit}' config/embeddings.yaml)
-target/release/embeddings-bench models/all-MiniLM-L6-v2 "$SENTENCE" "$(printf '%s\n' 1 8 "$MAX_BATCH" 32 | sort -nu | paste -sd,)" "$RAW_SECONDS" | tee "$OUT/raw.txt"
+: > "$OUT/raw.txt"
+for isa in $ISAS; do
+  echo "== raw in-process throughput, $isa (${RAW_SECONDS}s per batch size)"
+  MODALKIT_CPU_ISA=$isa target/release/embeddings-bench models/all-MiniLM-L6-v2 "$SENTENCE" \
+    "$(printf '%s\n' 1 8 "$MAX_BATCH" 32 | sort -nu | paste -sd,)" "$RAW_SECONDS" \
+    | sed "s/^raw /raw isa=$isa /" | tee -a "$OUT/raw.txt"
+done
 
 lua=$(mktemp --suffix=.lua)
 cat > "$lua" <<LUA
@@ -67,14 +80,17 @@ measure() { # name port concurrency -> appends "name c rps p50 p99" to $OUT/serv
 
 : > "$OUT/served.txt"
 : > "$OUT/memory.txt"
-echo "== modalkit-rs served (${DURATION}s per concurrency)"
-RUST_LOG=warn target/release/embeddings --config config/embeddings.yaml --host 127.0.0.1 --port "$PORT" & pids+=($!)
-server_pid=$!
-wait_ready "http://127.0.0.1:$PORT/ready"
-wrk -t1 -c8 -d3s -s "$lua" "http://127.0.0.1:$PORT/predict_sync" >/dev/null
-for c in 1 8 32; do measure modalkit-rs "$PORT" "$c"; done
-echo "modalkit-rs $(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")" | tee -a "$OUT/memory.txt"
-kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+for isa in $ISAS; do
+  echo "== modalkit-rs served, $isa (${DURATION}s per concurrency)"
+  MODALKIT_CPU_ISA=$isa RUST_LOG=warn target/release/embeddings --config config/embeddings.yaml --host 127.0.0.1 --port "$PORT" & pids+=($!)
+  server_pid=$!
+  wait_ready "http://127.0.0.1:$PORT/ready"
+  curl -s "http://127.0.0.1:$PORT/ready" | grep -q "cpu ($isa)" || { echo "the server does not run the $isa path" >&2; exit 1; }
+  wrk -t1 -c8 -d3s -s "$lua" "http://127.0.0.1:$PORT/predict_sync" >/dev/null
+  for c in 1 8 32; do measure "modalkit-rs-$isa" "$PORT" "$c"; done
+  echo "modalkit-rs-$isa $(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")" | tee -a "$OUT/memory.txt"
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+done
 
 if [ "$WITH_PEER" = 1 ]; then
   echo "== Python peer (FastAPI + sentence-transformers on torch)"

@@ -6,10 +6,10 @@
 //! at `max_seq_length` (256); mean-pools over the attention mask and
 //! L2-normalizes, as sentence-transformers does.
 //!
-//! On a CPU with AVX-512 the encoder is the project's own
+//! On a CPU with AVX2 + FMA or AVX-512 the encoder is the project's own
 //! ([`modalkit::candle::encoder::cpu`]: packed
-//! weights, no padding, AVX-512 kernels); elsewhere (CUDA, or a CPU without
-//! AVX-512) it is [`BertEncoder`] on candle's ops, fed batches sorted by length and cut into
+//! weights, no padding, kernels per ISA; `/ready` names the one in use as
+//! `cpu (avx2)`); elsewhere (CUDA, or a CPU without AVX2) it is [`BertEncoder`] on candle's ops, fed batches sorted by length and cut into
 //! groups padded only to their own longest item.
 //!
 //! Input `{"text": "..."}` (at most 20,000 characters; empty is allowed and
@@ -112,14 +112,16 @@ fn read_json<T: modalkit::serde::de::DeserializeOwned>(path: &Path) -> Result<T,
 impl Embeddings {
     /// Loads the model folder onto `device`, truncating at `max_seq_length`
     /// (default: the folder's `sentence_bert_config.json`): the native
-    /// encoder on a CPU with AVX-512, candle's elsewhere (its portable
-    /// kernels are for tests, not speed).
+    /// encoder on a CPU with AVX2 and FMA or AVX-512 (as capped by
+    /// `MODALKIT_CPU_ISA`), candle's elsewhere (the native encoder's
+    /// portable kernels are for tests, not speed).
     pub fn load_folder(
         folder: &Path,
         device: Device,
         max_seq_length: Option<usize>,
     ) -> Result<Self, PipelineError> {
-        let engine = if device.is_cpu() && cpu::isa::avx512() {
+        cpu::isa::cap_from_env().map_err(PipelineError::msg)?;
+        let engine = if device.is_cpu() && cpu::isa::avx2() {
             Engine::Native
         } else {
             Engine::Candle
@@ -171,9 +173,16 @@ impl Embeddings {
                     "the native encoder runs on the CPU only",
                 ));
             }
-            Engine::Native => Encoder::Native(
-                CpuEncoder::load(&weights_path, &config).map_err(PipelineError::msg)?,
-            ),
+            Engine::Native => {
+                tracing::info!(
+                    isa = cpu::isa::describe(),
+                    detected = cpu::isa::detected().name(),
+                    "native CPU encoder"
+                );
+                Encoder::Native(
+                    CpuEncoder::load(&weights_path, &config).map_err(PipelineError::msg)?,
+                )
+            }
             Engine::Candle => {
                 let mut weights = Weights::read(&weights_path, &[]).map_err(PipelineError::msg)?;
                 Encoder::Candle {
@@ -305,7 +314,7 @@ impl InferencePipeline for Embeddings {
 
     fn device(&self) -> String {
         match &self.encoder {
-            Encoder::Native(_) => describe(&Device::Cpu),
+            Encoder::Native(_) => format!("{} ({})", describe(&Device::Cpu), cpu::isa::describe()),
             Encoder::Candle { device, .. } => describe(device),
         }
     }

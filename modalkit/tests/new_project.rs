@@ -20,8 +20,8 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// The workspace's target folder, so the new project reuses what the
-/// workspace already compiled (same lock file, same profile).
+/// The workspace's target folder: one `target/` for everything, and what
+/// both builds compile alike (same lock file) is compiled once.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -57,6 +57,17 @@ fn floats(value: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// What `/ready` calls the CPU: with the kernels' level where the native
+/// encoder runs (AVX2 or better), plain `cpu` where candle's runs.
+fn expected_cpu_device() -> String {
+    use modalkit::candle::encoder::cpu::isa;
+    if isa::avx2() {
+        format!("cpu ({})", isa::describe())
+    } else {
+        "cpu".to_owned()
+    }
+}
+
 fn config(device: &str) -> String {
     let folder = minilm_folder();
     format!(
@@ -115,7 +126,7 @@ async fn embeddings_match_sentence_transformers_through_sync_and_batch() {
     }
 
     let ready: Value = get_json(&http, &server.url("/ready")).await;
-    assert_eq!(ready["device"], "cpu");
+    assert_eq!(ready["device"], expected_cpu_device());
     let (status, body) = post_json(
         &http,
         &server.url("/predict_sync"),
@@ -164,7 +175,7 @@ async fn device_cuda_on_a_cpu_only_build_fails_start_up_clearly() {
         .json()
         .await
         .unwrap();
-    assert_eq!(ready["models"]["minilm"]["device"], "cpu");
+    assert_eq!(ready["models"]["minilm"]["device"], expected_cpu_device());
     assert!(
         workspace_root()
             .join("models/all-MiniLM-L6-v2/.complete")
@@ -187,7 +198,8 @@ fn native_encoder_matches_candle_encoder() {
     let (native, candle) = (load(Engine::Native), load(Engine::Candle));
     // Mixed lengths in one batch (the native encoder packs them without
     // padding), the fixture's texts (empty, unicode, > 256 tokens) and repeats.
-    let mut texts: Vec<String> = references().into_iter().map(|r| r.text).collect();
+    let references = references();
+    let mut texts: Vec<String> = references.iter().map(|r| r.text.clone()).collect();
     texts.push("word ".repeat(60));
     texts.push("a".into());
     texts.extend(texts.clone());
@@ -204,7 +216,19 @@ fn native_encoder_matches_candle_encoder() {
         let worst = max_difference(a, b);
         assert!(
             worst < 2e-5,
-            "{text:?}: native and candle differ by {worst}"
+            "{} kernels, {text:?}: native and candle differ by {worst}",
+            isa::describe()
+        );
+    }
+    // And sentence-transformers' own vectors, on these kernels.
+    for (item, vector) in references.iter().zip(&fast) {
+        let vector: Vec<f64> = vector.iter().map(|&x| f64::from(x)).collect();
+        let similarity = cosine(&vector, &item.embedding);
+        assert!(
+            similarity >= 0.9999,
+            "{} kernels, {:?}: cosine {similarity} to sentence-transformers",
+            isa::describe(),
+            item.text
         );
     }
     // One at a time gives the same vectors as in a batch.
@@ -221,27 +245,34 @@ fn native_encoder_matches_candle_encoder() {
     );
     println!("{CHILD_REPORT}{}", isa::describe());
 
-    // Where the AVX-512 kernels ran, run this test again in a child process
-    // on the portable kernels (the choice is made once per process).
-    if isa::describe() == "avx512" {
+    // Run this test again in a child process for every lower level this
+    // CPU can run (the level is chosen once per process), forced with
+    // MODALKIT_CPU_ISA: each ISA path is checked on every machine that has it.
+    if std::env::var_os(isa::ISA_VARIABLE).is_some() {
+        return;
+    }
+    for lower in isa::Isa::ALL
+        .into_iter()
+        .filter(|&level| level < isa::active())
+    {
         let child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "native_encoder_matches_candle_encoder",
                 "--nocapture",
             ])
-            .env("MODALKIT_CPU_BASELINE", "1")
+            .env(isa::ISA_VARIABLE, lower.name())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&child.stdout);
         assert!(
             child.status.success(),
-            "baseline run failed:\n{stdout}\n{}",
+            "{lower} run failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&child.stderr)
         );
         assert!(
-            stdout.contains(&format!("{CHILD_REPORT}baseline")),
-            "the child did not run the baseline kernels:\n{stdout}"
+            stdout.contains(&format!("{CHILD_REPORT}{lower}\n")),
+            "the child did not run the {lower} kernels:\n{stdout}"
         );
     }
 }

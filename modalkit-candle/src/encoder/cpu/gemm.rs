@@ -3,9 +3,10 @@
 //! A weight matrix is stored as panels of [`PANEL`] output columns, each
 //! panel `inputs × PANEL` contiguous, so the inner loop streams one panel
 //! while a tile of up to 12 activation rows (packed input-major) is
-//! broadcast against it: 12 × 32 accumulators live in 24 vector registers,
-//! start at the bias, and get the activation (GELU) applied before they are
-//! stored. Nothing is packed per call but the activations, which are small.
+//! broadcast against it: with AVX-512, 12 × 32 accumulators live in 24 of
+//! the 32 vector registers; with AVX2, 3 × 32 in 12 of the 16, three rows at
+//! a time. Accumulators start at the bias and get the activation (GELU)
+//! applied before they are stored. Nothing is packed per call but the activations, which are small.
 //!
 //! Work is split across rayon's pool by rows when there are many (a batch)
 //! and by panels when there are few (one sentence), so both cores stay busy.
@@ -148,10 +149,10 @@ fn block(
     activation: Activation,
     out: &mut [f32],
 ) {
-    let kernel: TileKernel = if isa::avx512() {
-        avx512::tile
-    } else {
-        portable_tile
+    let kernel: TileKernel = match isa::active() {
+        isa::Isa::Avx512 => avx512::tile,
+        isa::Isa::Avx2 => avx2::tile,
+        isa::Isa::Portable => portable_tile,
     };
     let panels = Panels {
         first,
@@ -262,7 +263,7 @@ fn finish_row(row: &mut [f32; PANEL], activation: Activation, out: &mut [f32]) {
     out[..PANEL].copy_from_slice(row);
 }
 
-/// The tile on any CPU (plain loops; used where AVX-512 is missing).
+/// The tile on any CPU (plain loops; used where AVX2 is missing).
 fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
     let mut acc = [*tile.bias; MAX_TILE_ROWS];
     for (x_column, weight_row) in tile
@@ -374,6 +375,107 @@ mod avx512 {
     }
 }
 
+/// The tile in AVX2 registers (16 of them): a panel row of 32 outputs is
+/// four 8-lane vectors, so three rows at a time hold 12 accumulators, with
+/// room for the broadcast activation and a weight vector; taller tiles are
+/// walked three rows at a time, streaming the panel from L1/L2 again.
+#[allow(unsafe_code)]
+mod avx2 {
+    use super::{MAX_TILE_ROWS, PANEL, Tile, finish_row, isa};
+
+    /// Rows computed together: 3 × 4 accumulators.
+    const ROWS_AT_ONCE: usize = 3;
+
+    /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
+    /// AVX2 and FMA ([`isa::avx2`]).
+    pub fn tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
+        assert!(
+            isa::avx2(),
+            "AVX2 kernel called on a CPU without AVX2 and FMA"
+        );
+        assert!((1..=MAX_TILE_ROWS).contains(&rows), "tile of {rows} rows");
+        let mut first = 0;
+        while first < rows {
+            let count = (rows - first).min(ROWS_AT_ONCE);
+            let out = &mut out[first * stride..];
+            // SAFETY: the CPU supports AVX2 and FMA (asserted above), which
+            // is all `rows_of` is compiled for.
+            unsafe {
+                match count {
+                    1 => rows_of::<1>(tile, rows, first, out, stride),
+                    2 => rows_of::<2>(tile, rows, first, out, stride),
+                    _ => rows_of::<3>(tile, rows, first, out, stride),
+                }
+            }
+            first += count;
+        }
+    }
+
+    /// Rows `first..first + ROWS` of a tile whose packed activations hold
+    /// `height` rows per input.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn rows_of<const ROWS: usize>(
+        tile: &Tile,
+        height: usize,
+        first: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        use std::arch::x86_64::{
+            __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps,
+        };
+
+        #[inline(always)]
+        fn load(values: &[f32; 8]) -> __m256 {
+            // SAFETY: reads exactly the 8 floats of `values`; AVX is enabled
+            // in the only caller.
+            unsafe { _mm256_loadu_ps(values.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(vector: __m256, values: &mut [f32; 8]) {
+            // SAFETY: writes exactly the 8 floats of `values`.
+            unsafe { _mm256_storeu_ps(values.as_mut_ptr(), vector) }
+        }
+        #[inline(always)]
+        fn quarters(row: &[f32; PANEL]) -> [__m256; 4] {
+            let (chunks, _) = row.as_chunks::<8>();
+            [
+                load(&chunks[0]),
+                load(&chunks[1]),
+                load(&chunks[2]),
+                load(&chunks[3]),
+            ]
+        }
+        let bias = quarters(tile.bias);
+        let mut acc = [bias; ROWS];
+        let (weight_rows, _) = tile.weights.as_chunks::<PANEL>();
+        for (x_column, weight_row) in tile.x.chunks_exact(height).zip(weight_rows) {
+            let x = &x_column[first..first + ROWS];
+            let weights = quarters(weight_row);
+            for row in 0..ROWS {
+                let value = _mm256_set1_ps(x[row]);
+                for (a, &w) in acc[row].iter_mut().zip(&weights) {
+                    *a = _mm256_fmadd_ps(value, w, *a);
+                }
+            }
+        }
+        for (row, vectors) in acc.iter().enumerate() {
+            let mut values = [0f32; PANEL];
+            let (chunks, _) = values.as_chunks_mut::<8>();
+            for (chunk, &vector) in chunks.iter_mut().zip(vectors) {
+                store(vector, chunk);
+            }
+            finish_row(&mut values, tile.activation, &mut out[row * stride..]);
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn rows_of<const ROWS: usize>(_: &Tile, _: usize, _: usize, _: &mut [f32], _: usize) {
+        unreachable!("AVX2 is never available off x86-64")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,19 +538,25 @@ mod tests {
                         "{rows} rows, {activation:?}, {threads:?}: off by {worst}"
                     );
                 }
-                // The portable tile, wherever the AVX-512 one is chosen.
-                let mut out = vec![f32::NAN; rows * outputs];
+                // Every lower tile this CPU can run, whichever one is chosen.
                 let all = Panels {
                     first: 0,
                     count: outputs / PANEL,
                     activation,
                 };
-                block_with(portable_tile, &x, &layer, &all, &mut out);
-                let worst = max_difference(&out, &want);
-                assert!(
-                    worst < 1e-4,
-                    "portable, {rows} rows, {activation:?}: off by {worst}"
-                );
+                let mut kernels: Vec<(&str, TileKernel)> = vec![("portable", portable_tile)];
+                if isa::avx2() {
+                    kernels.push(("avx2", avx2::tile));
+                }
+                for (name, kernel) in kernels {
+                    let mut out = vec![f32::NAN; rows * outputs];
+                    block_with(kernel, &x, &layer, &all, &mut out);
+                    let worst = max_difference(&out, &want);
+                    assert!(
+                        worst < 1e-4,
+                        "{name}, {rows} rows, {activation:?}: off by {worst}"
+                    );
+                }
             }
         }
     }

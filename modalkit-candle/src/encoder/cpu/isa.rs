@@ -2,44 +2,134 @@
 //!
 //! The kernels are plain safe Rust written so LLVM vectorizes them. Built for
 //! baseline x86-64 they would get 128-bit SSE2 and no FMA, so
-//! [`multiversion!`](crate::multiversion) compiles each kernel twice, once
-//! for AVX-512 (+FMA) and once for the baseline, and picks one per call from
-//! what the CPU reports. This is the only place the crate uses `unsafe`:
-//! calling a function compiled for features the CPU was checked to have.
+//! [`multiversion!`](crate::multiversion) compiles each kernel three times,
+//! for AVX-512 (+FMA), for AVX2 + FMA and for the baseline, and runs the best
+//! one this CPU has, capped by `MODALKIT_CPU_ISA`. This is the only place the
+//! crate uses `unsafe` besides the GEMM tiles: calling a function compiled
+//! for features the CPU was checked to have.
 
-/// Whether this CPU runs the AVX-512 builds of the kernels (the result of
-/// `is_x86_feature_detected!` is cached by std). `MODALKIT_CPU_BASELINE=1`
-/// forces the baseline build, for tests and comparisons.
-#[inline]
-pub fn avx512() -> bool {
+use std::fmt;
+use std::sync::OnceLock;
+
+/// The environment variable that caps the level: `avx512`, `avx2` or
+/// `portable` (`MODALKIT_CPU_BASELINE=1`, the older name, means `portable`).
+pub const ISA_VARIABLE: &str = "MODALKIT_CPU_ISA";
+
+/// An instruction-set level the kernels are compiled for, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// The target's baseline (SSE2 on x86-64): plain loops, no FMA.
+    Portable,
+    /// AVX2 with FMA: 8-lane vectors, 16 registers.
+    Avx2,
+    /// AVX-512 F/VL/BW/DQ with FMA: 16-lane vectors, 32 registers.
+    Avx512,
+}
+
+impl Isa {
+    /// Every level, lowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+
+    /// The name used in `MODALKIT_CPU_ISA`, logs and `/ready`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a level's name (case-insensitive).
+    ///
+    /// ```
+    /// use modalkit_candle::encoder::cpu::isa::Isa;
+    /// assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2));
+    /// assert_eq!(Isa::parse("sse"), None);
+    /// ```
+    pub fn parse(text: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|isa| isa.name().eq_ignore_ascii_case(text.trim()))
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The best level this CPU supports, ignoring any cap.
+pub fn detected() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *CHOICE.get_or_init(|| {
-            std::env::var_os("MODALKIT_CPU_BASELINE").is_none_or(|v| v.is_empty() || v == "0")
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512dq")
-                && is_x86_feature_detected!("fma")
-        })
+        let avx512 = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq");
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        match (avx512 && avx2, avx2) {
+            (true, _) => Isa::Avx512,
+            (false, true) => Isa::Avx2,
+            _ => Isa::Portable,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        Isa::Portable
     }
 }
 
-/// The instruction set the kernels run with on this CPU, for logs and `/ready`.
-pub fn describe() -> &'static str {
-    if avx512() { "avx512" } else { "baseline" }
+/// The cap set by the environment: `Ok(None)` when unset, an error naming
+/// the variable when its value is not a level.
+pub fn cap_from_env() -> Result<Option<Isa>, String> {
+    if let Some(value) = std::env::var_os(ISA_VARIABLE).filter(|v| !v.is_empty()) {
+        let text = value.to_string_lossy();
+        return Isa::parse(&text)
+            .map(Some)
+            .ok_or_else(|| format!("{ISA_VARIABLE}={text}: expected avx512, avx2 or portable"));
+    }
+    let baseline = std::env::var_os("MODALKIT_CPU_BASELINE");
+    Ok(baseline
+        .filter(|v| !v.is_empty() && v != "0")
+        .map(|_| Isa::Portable))
 }
 
-/// Defines a function whose body is compiled twice: for AVX-512 with FMA and
-/// for the target's baseline; each call runs the best one the CPU supports.
+/// The level the kernels run at: the best this CPU has, capped by
+/// [`ISA_VARIABLE`] (an invalid value caps nothing here; loading the
+/// encoder reports it). Decided once per process.
+#[inline]
+pub fn active() -> Isa {
+    static ACTIVE: OnceLock<Isa> = OnceLock::new();
+    *ACTIVE.get_or_init(|| match cap_from_env() {
+        Ok(Some(cap)) => cap.min(detected()),
+        _ => detected(),
+    })
+}
+
+/// Whether the AVX-512 builds of the kernels run.
+#[inline]
+pub fn avx512() -> bool {
+    active() == Isa::Avx512
+}
+
+/// Whether the AVX2 (or better) builds of the kernels run.
+#[inline]
+pub fn avx2() -> bool {
+    active() >= Isa::Avx2
+}
+
+/// The level in use, for logs and `/ready`.
+pub fn describe() -> &'static str {
+    active().name()
+}
+
+/// Defines a function whose body is compiled three times: for AVX-512 with
+/// FMA, for AVX2 with FMA, and for the target's baseline; each call runs the
+/// build for [`active`].
 ///
 /// The function takes one const generic `bool` parameter (named by the
-/// caller) that is `true` in the FMA build: `madd::<FMA>` in
+/// caller) that is `true` in the FMA builds: `madd::<FMA>` in
 /// [`madd`] then fuses multiply and add into one instruction there, and
 /// stays a plain multiply-add (no slow software `fma` call) in the baseline.
 #[macro_export]
@@ -61,10 +151,17 @@ macro_rules! multiversion {
                 fn avx512($($arg: $ty),*) $(-> $ret)? {
                     body::<true>($($arg),*)
                 }
-                if $crate::encoder::cpu::isa::avx512() {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body::<true>($($arg),*)
+                }
+                match $crate::encoder::cpu::isa::active() {
                     // SAFETY: `avx512` is compiled for features this CPU was
-                    // checked (at run time, by `isa::avx512`) to support.
-                    return unsafe { avx512($($arg),*) };
+                    // checked (at run time, by `isa::detected`) to support.
+                    $crate::encoder::cpu::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above, for AVX2 and FMA.
+                    $crate::encoder::cpu::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::encoder::cpu::isa::Isa::Portable => {}
                 }
             }
             body::<false>($($arg),*)
