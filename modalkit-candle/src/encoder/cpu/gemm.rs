@@ -4,8 +4,8 @@
 //! panel `inputs × PANEL` contiguous, so the inner loop streams one panel
 //! while a tile of up to 12 activation rows (packed input-major) is
 //! broadcast against it: with AVX-512, 12 × 32 accumulators live in 24 of
-//! the 32 vector registers; with AVX2, 3 × 32 in 12 of the 16, three rows at
-//! a time. Accumulators start at the bias and get the activation (GELU)
+//! the 32 vector registers; with AVX2, 6 × 16 in 12 of the 16, six rows and
+//! half a panel at a time. Accumulators start at the bias and get the activation (GELU)
 //! applied before they are stored. Nothing is packed per call but the activations, which are small.
 //!
 //! Work is split across rayon's pool by rows when there are many (a batch)
@@ -375,16 +375,20 @@ mod avx512 {
     }
 }
 
-/// The tile in AVX2 registers (16 of them): a panel row of 32 outputs is
-/// four 8-lane vectors, so three rows at a time hold 12 accumulators, with
-/// room for the broadcast activation and a weight vector; taller tiles are
-/// walked three rows at a time, streaming the panel from L1/L2 again.
+/// The tile in AVX2 registers (16 of them): half a panel (16 outputs, two
+/// 8-lane vectors) for six rows at a time holds 12 accumulators, with the
+/// two weight vectors and the broadcast activation in the other 4. Each
+/// half panel is streamed once per six rows.
 #[allow(unsafe_code)]
 mod avx2 {
-    use super::{MAX_TILE_ROWS, PANEL, Tile, finish_row, isa};
+    use super::{MAX_TILE_ROWS, PANEL, Tile, isa};
+    use crate::encoder::cpu::gemm::Activation;
+    use crate::encoder::cpu::ops::gelu;
 
-    /// Rows computed together: 3 × 4 accumulators.
-    const ROWS_AT_ONCE: usize = 3;
+    /// Rows computed together: 6 × 2 accumulators.
+    const ROWS_AT_ONCE: usize = 6;
+    /// Outputs computed together: half a panel.
+    const HALF: usize = PANEL / 2;
 
     /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
     /// AVX2 and FMA ([`isa::avx2`]).
@@ -402,20 +406,36 @@ mod avx2 {
             // is all `rows_of` is compiled for.
             unsafe {
                 match count {
-                    1 => rows_of::<1>(tile, rows, first, out, stride),
-                    2 => rows_of::<2>(tile, rows, first, out, stride),
-                    _ => rows_of::<3>(tile, rows, first, out, stride),
+                    1 => both_halves::<1>(tile, rows, first, out, stride),
+                    2 => both_halves::<2>(tile, rows, first, out, stride),
+                    3 => both_halves::<3>(tile, rows, first, out, stride),
+                    4 => both_halves::<4>(tile, rows, first, out, stride),
+                    5 => both_halves::<5>(tile, rows, first, out, stride),
+                    _ => both_halves::<6>(tile, rows, first, out, stride),
                 }
             }
             first += count;
         }
     }
 
-    /// Rows `first..first + ROWS` of a tile whose packed activations hold
-    /// `height` rows per input.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn rows_of<const ROWS: usize>(
+    fn both_halves<const ROWS: usize>(
+        tile: &Tile,
+        height: usize,
+        first: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        rows_of::<ROWS, 0>(tile, height, first, out, stride);
+        rows_of::<ROWS, 1>(tile, height, first, out, stride);
+    }
+
+    /// Rows `first..first + ROWS`, outputs of half `H` of the panel, of a
+    /// tile whose packed activations hold `height` rows per input.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn rows_of<const ROWS: usize, const H: usize>(
         tile: &Tile,
         height: usize,
         first: usize,
@@ -438,40 +458,45 @@ mod avx2 {
             unsafe { _mm256_storeu_ps(values.as_mut_ptr(), vector) }
         }
         #[inline(always)]
-        fn quarters(row: &[f32; PANEL]) -> [__m256; 4] {
+        fn half<const H: usize>(row: &[f32; PANEL]) -> [__m256; 2] {
             let (chunks, _) = row.as_chunks::<8>();
-            [
-                load(&chunks[0]),
-                load(&chunks[1]),
-                load(&chunks[2]),
-                load(&chunks[3]),
-            ]
+            [load(&chunks[2 * H]), load(&chunks[2 * H + 1])]
         }
-        let bias = quarters(tile.bias);
-        let mut acc = [bias; ROWS];
+        let mut acc = [half::<H>(tile.bias); ROWS];
         let (weight_rows, _) = tile.weights.as_chunks::<PANEL>();
         for (x_column, weight_row) in tile.x.chunks_exact(height).zip(weight_rows) {
-            let x = &x_column[first..first + ROWS];
-            let weights = quarters(weight_row);
+            let Some(x) = x_column[first..].first_chunk::<ROWS>() else {
+                unreachable!("a packed column holds every row of the tile");
+            };
+            let [w0, w1] = half::<H>(weight_row);
             for row in 0..ROWS {
                 let value = _mm256_set1_ps(x[row]);
-                for (a, &w) in acc[row].iter_mut().zip(&weights) {
-                    *a = _mm256_fmadd_ps(value, w, *a);
-                }
+                acc[row][0] = _mm256_fmadd_ps(value, w0, acc[row][0]);
+                acc[row][1] = _mm256_fmadd_ps(value, w1, acc[row][1]);
             }
         }
-        for (row, vectors) in acc.iter().enumerate() {
-            let mut values = [0f32; PANEL];
+        for (row, [low, high]) in acc.iter().enumerate() {
+            let mut values = [0f32; HALF];
             let (chunks, _) = values.as_chunks_mut::<8>();
-            for (chunk, &vector) in chunks.iter_mut().zip(vectors) {
-                store(vector, chunk);
+            store(*low, &mut chunks[0]);
+            store(*high, &mut chunks[1]);
+            if tile.activation == Activation::Gelu {
+                for v in values.iter_mut() {
+                    *v = gelu(*v);
+                }
             }
-            finish_row(&mut values, tile.activation, &mut out[row * stride..]);
+            out[row * stride + H * HALF..][..HALF].copy_from_slice(&values);
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn rows_of<const ROWS: usize>(_: &Tile, _: usize, _: usize, _: &mut [f32], _: usize) {
+    unsafe fn both_halves<const ROWS: usize>(
+        _: &Tile,
+        _: usize,
+        _: usize,
+        _: &mut [f32],
+        _: usize,
+    ) {
         unreachable!("AVX2 is never available off x86-64")
     }
 }
