@@ -378,7 +378,8 @@ mod avx512 {
 /// The tile in AVX2 registers (16 of them): half a panel (16 outputs, two
 /// 8-lane vectors) for six rows at a time holds 12 accumulators, with the
 /// two weight vectors and the broadcast activation in the other 4. Each
-/// half panel is streamed once per six rows.
+/// half panel is streamed once per six rows, for all rows of the tile
+/// before the other half.
 #[allow(unsafe_code)]
 mod avx2 {
     use super::{MAX_TILE_ROWS, PANEL, Tile, isa};
@@ -398,37 +399,34 @@ mod avx2 {
             "AVX2 kernel called on a CPU without AVX2 and FMA"
         );
         assert!((1..=MAX_TILE_ROWS).contains(&rows), "tile of {rows} rows");
+        // Half-panel major: both six-row groups run on one half panel while
+        // it is hot in L1, then on the other.
+        // SAFETY: the CPU supports AVX2 and FMA (asserted above), which is
+        // all `half_panel` is compiled for.
+        unsafe {
+            half_panel::<0>(rows, tile, out, stride);
+            half_panel::<1>(rows, tile, out, stride);
+        }
+    }
+
+    /// Half `H` of the panel for all `rows`, six rows at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn half_panel<const H: usize>(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
         let mut first = 0;
         while first < rows {
             let count = (rows - first).min(ROWS_AT_ONCE);
             let out = &mut out[first * stride..];
-            // SAFETY: the CPU supports AVX2 and FMA (asserted above), which
-            // is all `rows_of` is compiled for.
-            unsafe {
-                match count {
-                    1 => both_halves::<1>(tile, rows, first, out, stride),
-                    2 => both_halves::<2>(tile, rows, first, out, stride),
-                    3 => both_halves::<3>(tile, rows, first, out, stride),
-                    4 => both_halves::<4>(tile, rows, first, out, stride),
-                    5 => both_halves::<5>(tile, rows, first, out, stride),
-                    _ => both_halves::<6>(tile, rows, first, out, stride),
-                }
+            match count {
+                1 => rows_of::<1, H>(tile, rows, first, out, stride),
+                2 => rows_of::<2, H>(tile, rows, first, out, stride),
+                3 => rows_of::<3, H>(tile, rows, first, out, stride),
+                4 => rows_of::<4, H>(tile, rows, first, out, stride),
+                5 => rows_of::<5, H>(tile, rows, first, out, stride),
+                _ => rows_of::<6, H>(tile, rows, first, out, stride),
             }
             first += count;
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn both_halves<const ROWS: usize>(
-        tile: &Tile,
-        height: usize,
-        first: usize,
-        out: &mut [f32],
-        stride: usize,
-    ) {
-        rows_of::<ROWS, 0>(tile, height, first, out, stride);
-        rows_of::<ROWS, 1>(tile, height, first, out, stride);
     }
 
     /// Rows `first..first + ROWS`, outputs of half `H` of the panel, of a
@@ -490,13 +488,7 @@ mod avx2 {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn both_halves<const ROWS: usize>(
-        _: &Tile,
-        _: usize,
-        _: usize,
-        _: &mut [f32],
-        _: usize,
-    ) {
+    unsafe fn half_panel<const H: usize>(_: usize, _: &Tile, _: &mut [f32], _: usize) {
         unreachable!("AVX2 is never available off x86-64")
     }
 }
