@@ -40,14 +40,32 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Installs a `RUST_LOG`-filtered subscriber (default `info`), once.
+/// The variable that picks the log format: `json` for one JSON object per
+/// line, `text` (the default) for readable lines.
+pub const LOG_FORMAT_VARIABLE: &str = "MODALKIT_LOG_FORMAT";
+
+/// Installs a `RUST_LOG`-filtered subscriber (default `info`), once, in the
+/// format [`LOG_FORMAT_VARIABLE`] names. Colour only when stdout is a
+/// terminal, so log files and collectors get no escape codes.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let format = std::env::var(LOG_FORMAT_VARIABLE).unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .try_init();
+        .with_ansi(std::io::stdout().is_terminal());
+    let _ = match format.trim().to_ascii_lowercase().as_str() {
+        "json" => builder.json().flatten_event(true).try_init(),
+        "" | "text" => builder.try_init(),
+        other => {
+            let installed = builder.try_init();
+            tracing::warn!("{LOG_FORMAT_VARIABLE}={other}: expected json or text; logging text");
+            installed
+        }
+    };
 }
 
 /// Middleware: counts requests and records their latency per route.

@@ -239,3 +239,34 @@ async fn a_fatal_device_error_fails_queued_work_and_exits_with_code_3() {
         assert!(failure["original_message"]["text"].is_string());
     }
 }
+
+#[test]
+fn logs_are_plain_text_off_a_terminal_and_json_lines_on_request() {
+    let setup = setup("");
+    for format in ["", "json"] {
+        let mut server = ServerProcess::spawn(
+            BINARY.as_ref(),
+            &setup.config,
+            &[("MODALKIT_LOG_FORMAT", format.to_owned())],
+            setup.log.clone(),
+        );
+        server.signal("TERM");
+        assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+        let log = server.log_text();
+        assert!(log.contains("serving"), "{log}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "escape codes in a log file:\n{log}"
+        );
+        if format == "json" {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let record: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"));
+                assert!(
+                    record["level"].is_string() && record["message"].is_string(),
+                    "{line}"
+                );
+            }
+        }
+    }
+}
