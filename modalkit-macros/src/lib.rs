@@ -17,7 +17,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Expr, Fields, Meta, Token};
+use syn::{Data, DeriveInput, Expr, Meta, Token};
 
 /// Makes a struct a pipeline input: `Deserialize`, `JsonSchema` and
 /// `garde::Validate` (context `()`), all through the `modalkit` crate.
@@ -141,23 +141,19 @@ fn validate_impl(item: &DeriveInput) -> syn::Result<Tokens> {
     };
     let mut checks = Vec::new();
     for (index, field) in data.fields.iter().enumerate() {
-        let (access, name) = match (&field.ident, &data.fields) {
-            (Some(ident), _) => (quote!(self.#ident), ident.to_string()),
-            (None, Fields::Unnamed(_)) => {
-                let index = syn::Index::from(index);
-                (quote!(self.#index), index.index.to_string())
+        let (access, path) = match &field.ident {
+            Some(ident) => {
+                let name = ident.to_string();
+                (quote!(self.#ident), quote!(parent().join(#name)))
             }
-            (None, _) => continue,
+            None => {
+                let member = syn::Index::from(index);
+                let key = proc_macro2::Literal::usize_suffixed(index);
+                (quote!(self.#member), quote!(parent().join(#key)))
+            }
         };
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("garde")) {
             let rules = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
-            let path = match &field.ident {
-                Some(_) => quote!(parent().join(#name)),
-                None => {
-                    let index = proc_macro2::Literal::usize_suffixed(index);
-                    quote!(parent().join(#index))
-                }
-            };
             let body = rule_checks(&rules)?;
             checks.push(quote! {
                 {

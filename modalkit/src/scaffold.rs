@@ -185,9 +185,7 @@ fn project_dockerfile(template: &str, name: &str) -> String {
     template
         .lines()
         .map(|line| match line.split_once('=') {
-            Some(("ARG PACKAGE" | "ARG BIN", _)) => {
-                format!("{}={name}", line.split_once('=').map_or(line, |(k, _)| k))
-            }
+            Some((key @ ("ARG PACKAGE" | "ARG BIN"), _)) => format!("{key}={name}"),
             Some(("ARG CONFIG", _)) => "ARG CONFIG=modalkit.yaml".to_owned(),
             _ => line.to_owned(),
         })

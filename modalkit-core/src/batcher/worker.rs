@@ -136,10 +136,7 @@ fn compute_range<P: InferencePipeline>(
             }
             for (reply, result) in replies.iter_mut().zip(results) {
                 if let Some(reply) = reply.take() {
-                    let _ = reply.send(result.map_err(|err| match err.kind() {
-                        ErrorKind::InvalidInput => Error::InvalidInput(err.to_string()),
-                        _ => Error::Item(err.to_string()),
-                    }));
+                    let _ = reply.send(result.map_err(|err| item_error(&err, Error::Item)));
                 }
             }
             Ok(())
@@ -147,10 +144,7 @@ fn compute_range<P: InferencePipeline>(
         Err(err) if err.is_fatal() => Err(err.to_string()),
         Err(err) if inputs.len() <= 1 => {
             if let Some(reply) = replies.first_mut().and_then(Option::take) {
-                let _ = reply.send(Err(match err.kind() {
-                    ErrorKind::InvalidInput => Error::InvalidInput(err.to_string()),
-                    _ => Error::Pipeline(err.to_string()),
-                }));
+                let _ = reply.send(Err(item_error(&err, Error::Pipeline)));
             }
             Ok(())
         }
@@ -161,6 +155,15 @@ fn compute_range<P: InferencePipeline>(
             compute_range(shared, pipeline, &inputs[..mid], left_replies)?;
             compute_range(shared, pipeline, &inputs[mid..], right_replies)
         }
+    }
+}
+
+/// The error one item's caller gets: invalid input as such, anything else
+/// as `otherwise` (an item failure, or a whole-batch failure isolated to it).
+fn item_error(err: &PipelineError, otherwise: fn(String) -> Error) -> Error {
+    match err.kind() {
+        ErrorKind::InvalidInput => Error::InvalidInput(err.to_string()),
+        _ => otherwise(err.to_string()),
     }
 }
 

@@ -68,10 +68,12 @@ pub fn detected() -> Isa {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512dq");
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        match (avx512 && avx2, avx2) {
-            (true, _) => Isa::Avx512,
-            (false, true) => Isa::Avx2,
-            _ => Isa::Portable,
+        if avx2 && avx512 {
+            Isa::Avx512
+        } else if avx2 {
+            Isa::Avx2
+        } else {
+            Isa::Portable
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
