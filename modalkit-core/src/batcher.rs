@@ -83,8 +83,10 @@ pub struct SubmitOptions {
     /// When the item stops being worth computing; default: now + the
     /// config's `default_timeout`.
     pub deadline: Option<Instant>,
-    /// Called (on the worker thread) when the item's batch starts.
-    pub on_start: Option<Box<dyn FnOnce() + Send>>,
+    /// Called (on the worker thread) when the item's batch starts, before
+    /// any pipeline code sees it. Returning `false` withdraws the item: it
+    /// is never computed and its ticket resolves to [`Error::Cancelled`].
+    pub on_start: Option<Box<dyn FnOnce() -> bool + Send>>,
 }
 
 /// The batcher's state as seen from outside.
@@ -208,8 +210,54 @@ impl<P: InferencePipeline> Batcher<P> {
             reply,
             on_start: options.on_start,
         };
-        self.shared.push(pending)?;
+        self.shared.push(pending).map_err(|refused| refused.error)?;
         Ok(Ticket::new(receiver, self.model.clone()))
+    }
+
+    /// Queues one item, waiting for room while the queue is full (until the
+    /// item's deadline). Fails at once with [`Error::Unavailable`] when
+    /// intake is closed, and with [`Error::Overloaded`] if the deadline
+    /// passes before there is room. The input is parsed once by the caller
+    /// and never cloned: a refused push hands it back for the next try.
+    pub async fn submit_waiting(
+        &self,
+        input: P::Input,
+        options: SubmitOptions,
+    ) -> Result<Ticket<P::Output>> {
+        let now = Instant::now();
+        let deadline = options
+            .deadline
+            .unwrap_or(now + self.shared.config.default_timeout);
+        let (reply, receiver) = oneshot::channel();
+        let mut pending = Pending {
+            input,
+            arrived: now,
+            deadline,
+            reply,
+            on_start: options.on_start,
+        };
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.shared.push(pending) {
+                Ok(()) => return Ok(Ticket::new(receiver, self.model.clone())),
+                Err(refused) if matches!(refused.error, Error::Overloaded { .. }) => {
+                    pending = refused.pending;
+                }
+                Err(refused) => return Err(refused.error),
+            }
+            tokio::select! {
+                () = &mut room => {}
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    return Err(Error::Overloaded {
+                        model: self.model.clone(),
+                        depth: self.shared.config.max_queue_depth,
+                    });
+                }
+            }
+            pending.arrived = Instant::now();
+        }
     }
 
     /// Items waiting in the queue now.

@@ -79,6 +79,11 @@ pub enum Error {
     /// ([`crate::ErrorKind::InvalidInput`]); the message is the pipeline's.
     #[error("{0}")]
     InvalidInput(String),
+
+    /// The item was withdrawn before its batch started (its job was
+    /// cancelled); it was never computed.
+    #[error("cancelled before it was computed")]
+    Cancelled,
 }
 
 /// The list of problems found in a configuration, one line each.

@@ -45,4 +45,18 @@ pub trait QueueBackend: Send + Sync + 'static {
         let _ = id;
         self.send_message(queue, message).await
     }
+
+    /// Sends an async job's result. Backends that can label a message
+    /// without changing its body do so (SQS: a `job_id` message attribute,
+    /// and the job id as FIFO deduplication id, so a result delivered again
+    /// after a crash is recognisable as the same job's). By default the
+    /// same as [`send_message_with_id`](Self::send_message_with_id).
+    async fn send_job_result(
+        &self,
+        queue: &str,
+        message: &str,
+        job_id: &str,
+    ) -> Result<(), QueueError> {
+        self.send_message_with_id(queue, message, job_id).await
+    }
 }

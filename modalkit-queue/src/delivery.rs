@@ -1,6 +1,8 @@
 //! The delivery step every async result goes through: retries with
 //! exponential backoff and jitter, bounded in attempts and time; what still
-//! fails goes to a dead-letter file. Nothing accepted is lost.
+//! fails goes to the dead-letter queue when one is configured (it outlives
+//! the container), else (or if that fails too) to a dead-letter file.
+//! Nothing accepted is lost.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -85,12 +87,11 @@ impl DeadLetterFile {
         error: &str,
         attempts: u32,
     ) -> Result<(), QueueError> {
-        let body: Value = serde_json::from_str(message).unwrap_or_else(|_| Value::from(message));
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let record = json!({"queue": queue, "message": body, "error": error, "attempts": attempts, "dead_lettered_at": at});
+        self.write_record(&dead_letter_record(queue, message, error, attempts, None))
+    }
+
+    /// Appends one record built by [`dead_letter_record`] and syncs it.
+    pub fn write_record(&self, record: &Value) -> Result<(), QueueError> {
         let mut line = record.to_string();
         line.push('\n');
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,20 +109,46 @@ impl DeadLetterFile {
     }
 }
 
+/// A dead-letter record: the queue the message was meant for, the message
+/// (as JSON when it is JSON), why it could not be delivered, the attempts
+/// made, when, and the job it belongs to (if any).
+pub fn dead_letter_record(
+    queue: &str,
+    message: &str,
+    error: &str,
+    attempts: u32,
+    job_id: Option<&str>,
+) -> Value {
+    let body: Value = serde_json::from_str(message).unwrap_or_else(|_| Value::from(message));
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let mut record = json!({"queue": queue, "message": body, "error": error, "attempts": attempts, "dead_lettered_at": at});
+    if let Some(job_id) = job_id {
+        record["job_id"] = Value::from(job_id);
+    }
+    record
+}
+
 /// How one message's delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// It reached the queue.
     Delivered,
-    /// It is in the dead-letter file.
+    /// It is in the dead-letter queue or file.
     DeadLettered,
 }
+
+/// Attempts at the dead-letter queue before falling back to the file.
+const DEAD_LETTER_QUEUE_ATTEMPTS: u32 = 3;
 
 /// Sends results through a backend with retries, dead-lettering failures.
 pub struct Delivery {
     backend: Arc<dyn QueueBackend>,
     policy: RetryPolicy,
     dead_letters: DeadLetterFile,
+    dead_letter_queue: Option<String>,
     give_up: CancellationToken,
     sent: metrics::Counter,
     retried: metrics::Counter,
@@ -146,8 +173,21 @@ impl Delivery {
             backend,
             policy,
             dead_letters,
+            dead_letter_queue: None,
             give_up: CancellationToken::new(),
         }
+    }
+
+    /// Dead-letters to this queue (through the same backend) first, and to
+    /// the file only when the queue cannot take the record.
+    pub fn with_dead_letter_queue(mut self, queue: Option<String>) -> Self {
+        self.dead_letter_queue = queue.filter(|q| !q.is_empty());
+        self
+    }
+
+    /// The dead-letter queue, if configured.
+    pub fn dead_letter_queue(&self) -> Option<&str> {
+        self.dead_letter_queue.as_deref()
     }
 
     /// The dead-letter file.
@@ -159,12 +199,25 @@ impl Delivery {
     /// policy allows, then dead-letters. Never fails: the outcome says where
     /// the message ended.
     pub async fn deliver(&self, queue: &str, message: &str) -> Outcome {
+        self.deliver_labelled(queue, message, None).await
+    }
+
+    /// Delivers an async job's result, labelled with its job id where the
+    /// backend can (see [`QueueBackend::send_job_result`]).
+    pub async fn deliver_job_result(&self, queue: &str, message: &str, job_id: &str) -> Outcome {
+        self.deliver_labelled(queue, message, Some(job_id)).await
+    }
+
+    async fn deliver_labelled(&self, queue: &str, message: &str, job_id: Option<&str>) -> Outcome {
         let started = Instant::now();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut attempt = 0;
         let last_error = loop {
             attempt += 1;
-            let send = self.backend.send_message_with_id(queue, message, &id);
+            let send = match job_id {
+                Some(job_id) => self.backend.send_job_result(queue, message, job_id),
+                None => self.backend.send_message_with_id(queue, message, &id),
+            };
             let sent = if self.give_up.is_cancelled() {
                 // After giving up, each delivery still makes its one attempt.
                 send.await
@@ -200,18 +253,52 @@ impl Delivery {
             }
         };
         self.failed.increment(1);
-        self.dead_letter(queue, message, &last_error.to_string(), attempt)
+        let record = dead_letter_record(queue, message, &last_error.to_string(), attempt, job_id);
+        self.dead_letter(&record).await
     }
 
-    fn dead_letter(&self, queue: &str, message: &str, error: &str, attempts: u32) -> Outcome {
+    /// Keeps a record of something undeliverable: in the dead-letter queue
+    /// if one is configured and takes it, else in the file.
+    pub async fn dead_letter(&self, record: &Value) -> Outcome {
         self.dead_lettered.increment(1);
+        let queue = record["queue"].as_str().unwrap_or_default();
         // The body is never logged: results can hold user data.
-        tracing::error!(backend = self.backend.name(), queue, attempts, error, bytes = message.len(),
-            file = %self.dead_letters.path().display(), "result undeliverable; dead-lettered");
-        if let Err(err) = self.dead_letters.write(queue, message, error, attempts) {
+        if let Some(dead_letter_queue) = &self.dead_letter_queue {
+            match self
+                .send_dead_letter(dead_letter_queue, &record.to_string())
+                .await
+            {
+                Ok(()) => {
+                    tracing::error!(backend = self.backend.name(), queue, dead_letter_queue = %dead_letter_queue,
+                        error = record["error"].as_str().unwrap_or_default(), "result undeliverable; dead-lettered to the queue");
+                    return Outcome::DeadLettered;
+                }
+                Err(err) => {
+                    tracing::error!(%err, dead_letter_queue = %dead_letter_queue, "the dead-letter queue refused the record; writing it to the file");
+                }
+            }
+        }
+        tracing::error!(backend = self.backend.name(), queue, error = record["error"].as_str().unwrap_or_default(),
+            file = %self.dead_letters.path().display(), "result undeliverable; dead-lettered to the file");
+        if let Err(err) = self.dead_letters.write_record(record) {
             tracing::error!(%err, queue, "could not write the dead-letter record");
         }
         Outcome::DeadLettered
+    }
+
+    async fn send_dead_letter(&self, queue: &str, record: &str) -> Result<(), QueueError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.backend.send_message_with_id(queue, record, &id).await {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt < DEAD_LETTER_QUEUE_ATTEMPTS && err.is_retryable() => {
+                    tokio::time::sleep(self.policy.backoff(attempt)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Makes every delivery under way stop retrying (and abandon a send in

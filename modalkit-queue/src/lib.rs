@@ -8,23 +8,17 @@
 //! injected as instances.
 
 pub mod backend;
-#[cfg(feature = "sqs")]
-pub mod consumer;
 pub mod delivery;
 pub mod error;
 pub mod memory;
-pub mod outcome;
 pub mod registry;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 
 pub use backend::QueueBackend;
-#[cfg(feature = "sqs")]
-pub use consumer::{ConsumerConfig, InputConsumer};
-pub use delivery::{DeadLetterFile, Delivery, RetryPolicy};
+pub use delivery::{DeadLetterFile, Delivery, Outcome, RetryPolicy, dead_letter_record};
 pub use error::QueueError;
 pub use memory::InMemoryQueue;
-pub use outcome::{ItemOutcome, deliver_outcome};
 pub use registry::BackendRegistry;
 #[cfg(feature = "sqs")]
-pub use sqs::{SqsOptions, SqsQueue};
+pub use sqs::{JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, ReceivedMessage, SqsOptions, SqsQueue};

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 
 use crate::backend::QueueBackend;
 use crate::error::QueueError;
@@ -32,11 +32,20 @@ pub struct SqsOptions {
     pub endpoint_url: Option<String>,
 }
 
+/// The message attribute that carries an async job's id, on input messages
+/// and on the results delivered for them.
+pub const JOB_ID_ATTRIBUTE: &str = "job_id";
+
+/// The message attribute that names the model an input message is for.
+pub const MODEL_ATTRIBUTE: &str = "model";
+
 /// One received message.
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {
     /// The body.
     pub body: String,
+    /// Its string message attributes (`job_id`, `model`, ...).
+    pub attributes: HashMap<String, String>,
     /// Handle for delete / visibility calls.
     pub receipt_handle: String,
     /// SQS's message id.
@@ -128,6 +137,19 @@ impl SqsQueue {
     }
 
     async fn send(&self, queue: &str, message: &str, dedup_id: &str) -> Result<(), QueueError> {
+        self.send_with_attributes(queue, message, dedup_id, &[])
+            .await
+    }
+
+    /// Sends `message` with string message attributes; on a FIFO queue
+    /// `dedup_id` is the deduplication id. Returns once SQS acknowledged it.
+    pub async fn send_with_attributes(
+        &self,
+        queue: &str,
+        message: &str,
+        dedup_id: &str,
+        attributes: &[(&str, &str)],
+    ) -> Result<(), QueueError> {
         if message.len() > SQS_MAX_MESSAGE_BYTES {
             return Err(QueueError::TooLarge {
                 queue: queue.to_owned(),
@@ -142,6 +164,17 @@ impl SqsQueue {
                 .send_message()
                 .queue_url(&url)
                 .message_body(message);
+            for (name, value) in attributes {
+                let attribute = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(*value)
+                    .build()
+                    .map_err(|err| QueueError::Unavailable {
+                        queue: queue.to_owned(),
+                        message: err.to_string(),
+                    })?;
+                request = request.message_attributes(*name, attribute);
+            }
             if is_fifo(queue) {
                 request = request
                     .message_group_id(FIFO_MESSAGE_GROUP)
@@ -176,6 +209,7 @@ impl SqsQueue {
             .max_number_of_messages(max.clamp(1, 10))
             .wait_time_seconds(wait_seconds.clamp(0, 20))
             .visibility_timeout(visibility_seconds)
+            .message_attribute_names("All")
             .send()
             .await
             .map_err(|err| unavailable(queue_url, &err))?;
@@ -183,7 +217,18 @@ impl SqsQueue {
             .messages()
             .iter()
             .filter_map(|m| {
+                let attributes = m
+                    .message_attributes()
+                    .map(|all| {
+                        all.iter()
+                            .filter_map(|(name, value)| {
+                                Some((name.clone(), value.string_value()?.to_owned()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 Some(ReceivedMessage {
+                    attributes,
                     body: m.body()?.to_owned(),
                     receipt_handle: m.receipt_handle()?.to_owned(),
                     message_id: m.message_id().unwrap_or_default().to_owned(),
@@ -241,6 +286,16 @@ impl QueueBackend for SqsQueue {
         id: &str,
     ) -> Result<(), QueueError> {
         self.send(queue, message, id).await
+    }
+
+    async fn send_job_result(
+        &self,
+        queue: &str,
+        message: &str,
+        job_id: &str,
+    ) -> Result<(), QueueError> {
+        self.send_with_attributes(queue, message, job_id, &[(JOB_ID_ATTRIBUTE, job_id)])
+            .await
     }
 }
 

@@ -52,6 +52,25 @@ pub enum ApiError {
     /// No such job (or it expired).
     #[error("job '{0}' not found (unknown or expired)")]
     JobNotFound(String),
+    /// The job is not in a state that allows the request.
+    #[error("job '{job_id}' is {status}; only a queued job can be cancelled")]
+    JobConflict {
+        /// The job.
+        job_id: String,
+        /// Its state.
+        status: &'static str,
+    },
+    /// An `Idempotency-Key` header that cannot be used.
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    /// The idempotency key was used for another request.
+    #[error("Idempotency-Key '{key}' was already used with a different request (job {job_id})")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// The job it names.
+        job_id: String,
+    },
     /// No route.
     #[error("no route for {0}")]
     NotFound(String),
@@ -100,12 +119,15 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            InvalidJson(_) | ModelRequired(_) | InvalidQuery(_) | InvalidJobId(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            InvalidBody { .. } | Validation(_) | InvalidInput(_) => {
+            InvalidJson(_)
+            | ModelRequired(_)
+            | InvalidQuery(_)
+            | InvalidJobId(_)
+            | InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            InvalidBody { .. } | Validation(_) | InvalidInput(_) | IdempotencyKeyReused { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            JobConflict { .. } => StatusCode::CONFLICT,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge(_) | TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnknownModel(..) | JobNotFound(_) | NotFound(_) => StatusCode::NOT_FOUND,
@@ -132,6 +154,9 @@ impl ApiError {
             InvalidQuery(_) => "invalid_query",
             InvalidJobId(_) => "invalid_job_id",
             JobNotFound(_) => "job_not_found",
+            JobConflict { .. } => "job_conflict",
+            InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            IdempotencyKeyReused { .. } => "idempotency_key_reused",
             NotFound(_) => "not_found",
             MethodNotAllowed => "method_not_allowed",
             Unauthorized(_) => "unauthorized",
@@ -158,6 +183,10 @@ impl ApiError {
             }
             ApiError::TooManyItems { got, limit } => json!({ "got": got, "limit": limit }),
             ApiError::BodyTooLarge(limit) => json!({ "limit_bytes": limit }),
+            ApiError::JobConflict { job_id, status } => {
+                json!({ "job_id": job_id, "status": status })
+            }
+            ApiError::IdempotencyKeyReused { job_id, .. } => json!({ "job_id": job_id }),
             _ => Value::Null,
         }
     }
@@ -173,6 +202,7 @@ impl From<modalkit_core::Error> for ApiError {
             E::Pipeline(message) => ApiError::Pipeline(message),
             E::Item(message) => ApiError::Pipeline(message),
             E::InvalidInput(message) => ApiError::InvalidInput(message),
+            E::Cancelled => ApiError::Unavailable(error.to_string()),
             E::Config(_) | E::ModelEntry { .. } | E::Load { .. } | E::Device { .. } => {
                 ApiError::Internal(error.to_string())
             }

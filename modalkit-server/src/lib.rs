@@ -12,11 +12,11 @@
 //! which gives `serve`, `check` and `openapi` subcommands over
 //! `modalkit.yaml`. Embedders use [`Server`] directly.
 
+pub mod async_jobs;
 pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
-pub mod jobs;
 pub mod openapi;
 pub mod router;
 pub mod routes;

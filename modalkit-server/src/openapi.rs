@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
-use crate::jobs::JobView;
+use crate::async_jobs::record::JobRecord;
 
 /// Builds the document for a server of pipeline `P` serving `models`.
 pub fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
@@ -22,7 +22,7 @@ pub fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
     let async_input = schema(&mut |g| g.subschema_for::<AsyncInput<P::Input>>());
     let async_output = schema(&mut |g| g.subschema_for::<AsyncOutput>());
     let failure = schema(&mut |g| g.subschema_for::<DelayedFailure>());
-    let job = schema(&mut |g| g.subschema_for::<JobView>());
+    let job = schema(&mut |g| g.subschema_for::<JobRecord>());
     let error = schema(&mut |g| g.subschema_for::<ErrorBody>());
     let mut components = generator.take_definitions(true);
     components.insert("DelayedFailure".to_owned(), failure);
@@ -72,7 +72,10 @@ pub fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
             }},
             "/predict_async": {"post": {
                 "summary": "Queue a message; its result goes to success_queue / failure_queue and GET /jobs/{job_id}.",
-                "operationId": "predict_async", "parameters": [model_param], "security": security,
+                "operationId": "predict_async", "security": security,
+                "parameters": [model_param, {"name": "Idempotency-Key", "in": "header", "required": false,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": "Resubmitting the same request with the same key within the job TTL returns the first job_id and computes once; the key with another request is a 422."}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": async_input}}},
                 "responses": with_errors(("202", json!({"description": "Accepted.",
                     "content": {"application/json": {"schema": async_output}}})), &["400", "401", "404", "413", "415", "422", "503"])
@@ -80,7 +83,12 @@ pub fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
             "/jobs/{job_id}": {"get": {
                 "summary": "An async job's state and result.", "operationId": "get_job", "security": security,
                 "parameters": [{"name": "job_id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
-                "responses": with_errors(("200", json!({"description": "The job.", "content": {"application/json": {"schema": job}}})), &["400", "401", "404"])
+                "responses": with_errors(("200", json!({"description": "The job.", "content": {"application/json": {"schema": job.clone()}}})), &["400", "401", "404", "503"])
+            }},
+            "/jobs/{job_id}/cancel": {"post": {
+                "summary": "Cancel a queued job: it is never computed and its failure queue gets a DelayedFailure.", "operationId": "cancel_job", "security": security,
+                "parameters": [{"name": "job_id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+                "responses": with_errors(("200", json!({"description": "The cancelled job.", "content": {"application/json": {"schema": job}}})), &["400", "401", "404", "409", "503"])
             }},
             "/health": {"get": {"summary": "Liveness: the process serves.", "operationId": "health",
                 "responses": {"200": {"description": "Alive."}}}},
@@ -102,10 +110,11 @@ fn describe(code: &str) -> &'static str {
         "400" => "Malformed JSON, empty body, bad query or job id.",
         "401" => "Missing or wrong API key.",
         "404" => "Unknown model or job.",
+        "409" => "The job is running or ended; only a queued job can be cancelled.",
         "413" => "Body or batch too large.",
         "415" => "Content-Type is not JSON.",
         "422" => {
-            "The message does not fit the input schema, fails validation, or the pipeline found it invalid."
+            "The message does not fit the input schema, fails validation, the pipeline found it invalid, or the Idempotency-Key was used with another request."
         }
         "500" => "The pipeline failed on this item.",
         "503" => "Overloaded (see Retry-After), shutting down, or the device failed.",

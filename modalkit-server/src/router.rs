@@ -33,7 +33,8 @@ pub fn build<P: InferencePipeline>(
         .route("/predict_sync", post(predict::predict_sync::<P>))
         .route("/predict_batch", post(predict::predict_batch::<P>))
         .route("/predict_async", post(predict::predict_async::<P>))
-        .route("/jobs/{job_id}", get(jobs::get_job::<P>));
+        .route("/jobs/{job_id}", get(jobs::get_job::<P>))
+        .route("/jobs/{job_id}/cancel", post(jobs::cancel_job::<P>));
     if let Some(key) = api_key {
         protected = protected.route_layer(from_fn_with_state(key, require_api_key));
     }

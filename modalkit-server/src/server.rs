@@ -15,13 +15,15 @@ use modalkit_core::batcher::BatcherState;
 use modalkit_core::{Batcher, BatcherConfig, InferencePipeline, ModelContext, Settings};
 use modalkit_queue::{BackendRegistry, DeadLetterFile, Delivery, QueueBackend, RetryPolicy};
 #[cfg(feature = "sqs")]
-use modalkit_queue::{ConsumerConfig, InputConsumer, SqsOptions, SqsQueue};
+use modalkit_queue::{SqsOptions, SqsQueue};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
 
+#[cfg(feature = "sqs")]
+use crate::async_jobs::consumer::{ConsumerConfig, InputConsumer};
+use crate::async_jobs::store::{JobStore, MemoryJobStore};
+use crate::async_jobs::{AsyncJobs, JobIntake};
 use crate::auth::ApiKey;
-use crate::jobs::JobStore;
 use crate::state::{AppState, Limits};
 
 /// Process exit code after a fatal device error (documented in docs/).
@@ -68,6 +70,8 @@ pub struct ServerOptions {
     pub queue_backend: Option<Arc<dyn QueueBackend>>,
     /// Backends selectable by name; default: the built-in ones.
     pub registry: Option<BackendRegistry>,
+    /// A job store instance to use instead of `queue_config.job_store`.
+    pub job_store: Option<Arc<dyn JobStore>>,
     /// An API key to use instead of `auth_config.api_key` / `ssm_key`.
     pub api_key: Option<String>,
     /// The AWS configuration for SQS and SSM; default: the standard chain
@@ -101,7 +105,6 @@ fn not_compiled(field: &str, value: &str) -> ServerError {
 #[cfg(feature = "sqs")]
 struct ConsumerPlan {
     sqs: Arc<SqsQueue>,
-    model: String,
     config: ConsumerConfig,
 }
 
@@ -136,6 +139,7 @@ impl<P: InferencePipeline> Server<P> {
                 }
             }
         };
+        let aws_options = options_aws(&options);
         let backend: Arc<dyn QueueBackend> = match options.queue_backend {
             Some(backend) => backend,
             #[cfg(feature = "sqs")]
@@ -145,16 +149,24 @@ impl<P: InferencePipeline> Server<P> {
             None => {
                 options
                     .registry
+                    .clone()
                     .unwrap_or_default()
                     .build(queue_config)
                     .await?
             }
         };
-        let delivery = Arc::new(Delivery::new(
-            backend,
-            RetryPolicy::from_config(&app.queue_config),
-            DeadLetterFile::new(&app.queue_config.dead_letter_path),
-        ));
+        let delivery = Arc::new(
+            Delivery::new(
+                backend,
+                RetryPolicy::from_config(&app.queue_config),
+                DeadLetterFile::new(&app.queue_config.dead_letter_path),
+            )
+            .with_dead_letter_queue(queue_config.dead_letter_queue.clone()),
+        );
+        let job_store = match options.job_store {
+            Some(store) => store,
+            None => build_job_store(&settings, &aws_options).await?,
+        };
         #[cfg_attr(not(feature = "sqs"), allow(unused_mut))]
         let mut key = options.api_key.or_else(|| app.auth_config.api_key.clone());
         #[cfg(feature = "sqs")]
@@ -209,7 +221,7 @@ impl<P: InferencePipeline> Server<P> {
         let consumer = match &queue_config.input_queue {
             None => None,
             Some(queue_name) => {
-                let model = match &queue_config.input_model {
+                let default_model = match &queue_config.input_model {
                     Some(model) if models.contains_key(model) => model.clone(),
                     Some(model) => {
                         return Err(modalkit_core::Error::config(format!(
@@ -227,18 +239,36 @@ impl<P: InferencePipeline> Server<P> {
                 };
                 Some(ConsumerPlan {
                     sqs: Arc::new(sqs_for(&options.aws_config).await),
-                    model,
                     config: ConsumerConfig {
                         queue_name: queue_name.clone(),
                         max_messages: queue_config.input_max_messages as i32,
                         wait_seconds: queue_config.input_wait_seconds as i32,
                         visibility_seconds: queue_config.input_visibility_timeout_seconds as i32,
                         max_in_flight: queue_config.input_max_in_flight,
-                        item_timeout: Duration::from_secs_f64(server_config.async_timeout_seconds),
+                        default_model,
                     },
                 })
             }
         };
+        #[cfg(feature = "sqs")]
+        let intake = match &consumer {
+            Some(plan) => JobIntake::Durable {
+                sqs: Arc::clone(&plan.sqs),
+                queue: plan.config.queue_name.clone(),
+            },
+            None => JobIntake::Embedded,
+        };
+        #[cfg(not(feature = "sqs"))]
+        let intake = JobIntake::Embedded;
+        let async_timeout = Duration::from_secs_f64(server_config.async_timeout_seconds);
+        let jobs = Arc::new(AsyncJobs::new(
+            job_store,
+            delivery,
+            models.clone(),
+            intake,
+            async_timeout,
+            server_config.job_ttl_seconds as f64,
+        ));
         let openapi = crate::openapi::document::<P>(
             &modalkit_core::settings::app_name(&settings, None),
             &model_names,
@@ -246,17 +276,12 @@ impl<P: InferencePipeline> Server<P> {
         let state = Arc::new(AppState {
             models,
             model_names,
-            jobs: Arc::new(JobStore::new(
-                server_config.max_jobs,
-                Duration::from_secs(server_config.job_ttl_seconds),
-            )),
-            delivery,
-            async_jobs: TaskTracker::new(),
+            jobs,
             limits: Limits {
                 max_body_bytes: server_config.max_body_bytes,
                 max_batch_request_items: server_config.max_batch_request_items,
                 request_timeout: Duration::from_secs_f64(server_config.request_timeout_seconds),
-                async_timeout: Duration::from_secs_f64(server_config.async_timeout_seconds),
+                async_timeout,
             },
             shutting_down: Default::default(),
             openapi: serde_json::to_vec_pretty(&openapi)
@@ -326,11 +351,9 @@ impl<P: InferencePipeline> Server<P> {
         #[cfg(feature = "sqs")]
         let consumer = match &self.consumer {
             Some(plan) => {
-                let batcher = Arc::clone(&state.models[&plan.model]);
                 let consumer = InputConsumer::start(
                     Arc::clone(&plan.sqs),
-                    batcher,
-                    Arc::clone(&state.delivery),
+                    Arc::clone(&state.jobs),
                     plan.config.clone(),
                 )
                 .await?;
@@ -406,12 +429,12 @@ async fn drain<P: InferencePipeline>(
     for batcher in state.models.values() {
         batcher.close();
     }
-    state.async_jobs.close();
+    state.jobs.tasks().close();
     let deadline = tokio::time::Instant::now() + grace;
     let workers_done = join_batchers(state);
     if tokio::time::timeout_at(deadline, async {
         workers_done.await;
-        state.async_jobs.wait().await;
+        state.jobs.tasks().wait().await;
         if let Some(consumer) = consumer {
             consumer.wait().await;
         }
@@ -426,16 +449,78 @@ async fn drain<P: InferencePipeline>(
             .sum();
         tracing::warn!(
             failed_queued = failed,
-            pending_jobs = state.async_jobs.len(),
+            pending_jobs = state.jobs.tasks().len(),
             "grace period over"
         );
-        state.delivery.give_up();
-        state.async_jobs.wait().await;
+        state.jobs.delivery().give_up();
+        state.jobs.tasks().wait().await;
         if let Some(consumer) = consumer {
             consumer.wait().await;
         }
     }
     tracing::info!(elapsed = ?started.elapsed(), "drained");
+}
+
+/// The AWS configuration the options carry, if any.
+#[cfg(feature = "sqs")]
+fn options_aws(options: &ServerOptions) -> Option<aws_config::SdkConfig> {
+    options.aws_config.clone()
+}
+
+#[cfg(not(feature = "sqs"))]
+fn options_aws(_options: &ServerOptions) -> Option<()> {
+    None
+}
+
+/// The job store `queue_config.job_store` names.
+#[cfg(feature = "dynamodb")]
+async fn build_job_store(
+    settings: &Settings,
+    aws: &Option<aws_config::SdkConfig>,
+) -> Result<Arc<dyn JobStore>, ServerError> {
+    let app = &settings.app_settings;
+    let ttl = app.server_config.job_ttl_seconds as f64;
+    if app.queue_config.job_store != "dynamodb" {
+        return Ok(Arc::new(MemoryJobStore::new(
+            app.server_config.max_jobs,
+            ttl,
+        )));
+    }
+    let aws = match aws {
+        Some(config) => config.clone(),
+        None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+    };
+    let table = &app.queue_config.job_table;
+    let store = crate::async_jobs::store::DynamoJobStore::connect(
+        &aws,
+        table,
+        ttl,
+        app.server_config.async_timeout_seconds + ttl,
+    )
+    .await
+    .map_err(|err| ServerError::Io(format!("job store (DynamoDB table {table}): {err}")))?;
+    tracing::info!(table = %table, "job records in DynamoDB");
+    Ok(Arc::new(store))
+}
+
+/// The job store `queue_config.job_store` names.
+#[cfg(not(feature = "dynamodb"))]
+async fn build_job_store<A>(
+    settings: &Settings,
+    _aws: &Option<A>,
+) -> Result<Arc<dyn JobStore>, ServerError> {
+    let app = &settings.app_settings;
+    if app.queue_config.job_store == "dynamodb" {
+        return Err(modalkit_core::Error::config(
+            "app_settings.queue_config.job_store: 'dynamodb' needs the DynamoDB job store, which this binary was built without: enable the `dynamodb` feature of the modalkit crate",
+        )
+        .into());
+    }
+    let ttl = app.server_config.job_ttl_seconds as f64;
+    Ok(Arc::new(MemoryJobStore::new(
+        app.server_config.max_jobs,
+        ttl,
+    )))
 }
 
 fn join_batchers<P: InferencePipeline>(state: &AppState<P>) -> impl Future<Output = ()> + use<P> {

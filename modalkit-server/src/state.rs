@@ -1,5 +1,5 @@
-//! What every handler shares: the models' batchers, the job store, result
-//! delivery, readiness and limits.
+//! What every handler shares: the models' batchers, async jobs, readiness
+//! and limits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,10 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use modalkit_core::batcher::BatcherState;
 use modalkit_core::{Batcher, InferencePipeline};
-use modalkit_queue::Delivery;
-use tokio_util::task::TaskTracker;
 
-use crate::jobs::JobStore;
+use crate::async_jobs::AsyncJobs;
 
 /// Request limits from `server_config`.
 #[derive(Debug, Clone)]
@@ -33,12 +31,8 @@ pub struct AppState<P: InferencePipeline> {
     pub models: BTreeMap<String, Arc<Batcher<P>>>,
     /// Model names, for resolution and error messages.
     pub model_names: Vec<String>,
-    /// Async job records.
-    pub jobs: Arc<JobStore>,
-    /// Where async results go.
-    pub delivery: Arc<Delivery>,
-    /// Async jobs in flight (awaited on shutdown).
-    pub async_jobs: TaskTracker,
+    /// Async jobs: intake, records, delivery.
+    pub jobs: Arc<AsyncJobs<P>>,
     /// Limits.
     pub limits: Limits,
     /// Set when shutdown begins.

@@ -18,7 +18,13 @@ pub(super) struct Pending<P: InferencePipeline> {
     pub arrived: Instant,
     pub deadline: Instant,
     pub reply: oneshot::Sender<Result<P::Output>>,
-    pub on_start: Option<Box<dyn FnOnce() + Send>>,
+    pub on_start: Option<Box<dyn FnOnce() -> bool + Send>>,
+}
+
+/// An item [`Shared::push`] did not take, handed back with the reason.
+pub(super) struct Refused<P: InferencePipeline> {
+    pub error: Error,
+    pub pending: Pending<P>,
 }
 
 impl<P: InferencePipeline> Pending<P> {
@@ -55,6 +61,8 @@ pub(super) struct Shared<P: InferencePipeline> {
     pub compute_gate: RwLock<()>,
     state: watch::Sender<BatcherState>,
     pub metrics: BatchMetrics,
+    /// Woken whenever items leave the queue, for submitters waiting for room.
+    pub room: tokio::sync::Notify,
 }
 
 /// Metric handles, registered once per model.
@@ -100,6 +108,7 @@ impl<P: InferencePipeline> Shared<P> {
             compute_gate: RwLock::new(()),
             state,
             metrics: BatchMetrics::new(model),
+            room: tokio::sync::Notify::new(),
         }
     }
 
@@ -111,20 +120,23 @@ impl<P: InferencePipeline> Shared<P> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds an item, or refuses it at once.
-    pub fn push(&self, pending: Pending<P>) -> Result<()> {
+    /// Adds an item, or refuses it at once and hands it back.
+    pub fn push(&self, pending: Pending<P>) -> Result<(), Refused<P>> {
         let mut queue = self.lock();
-        if let Some(reason) = &queue.failed {
-            return Err(self.unavailable(format!("device failed: {reason}")));
-        }
-        if !queue.open {
-            return Err(self.unavailable("shutting down".to_owned()));
-        }
-        if queue.items.len() >= self.config.max_queue_depth {
-            return Err(Error::Overloaded {
+        let refusal = if let Some(reason) = &queue.failed {
+            Some(self.unavailable(format!("device failed: {reason}")))
+        } else if !queue.open {
+            Some(self.unavailable("shutting down".to_owned()))
+        } else if queue.items.len() >= self.config.max_queue_depth {
+            Some(Error::Overloaded {
                 model: self.model.clone(),
                 depth: self.config.max_queue_depth,
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            return Err(Refused { error, pending });
         }
         queue.items.push_back(pending);
         self.metrics.queue_depth.set(queue.items.len() as f64);
@@ -163,6 +175,7 @@ impl<P: InferencePipeline> Shared<P> {
             self.metrics.queue_depth.set(0.0);
             queue.items.drain(..).collect()
         };
+        self.room.notify_waiters();
         tracing::error!(model = %self.model, reason, failed_items = drained.len(), "fatal device error: intake stopped");
         for pending in drained {
             let _ = pending
@@ -180,6 +193,7 @@ impl<P: InferencePipeline> Shared<P> {
             self.metrics.queue_depth.set(0.0);
             queue.items.drain(..).collect()
         };
+        self.room.notify_waiters();
         let count = drained.len();
         for pending in drained {
             let _ = pending.reply.send(Err(self.unavailable(reason.to_owned())));
@@ -222,6 +236,7 @@ impl<P: InferencePipeline> Shared<P> {
             if queue.items.len() >= max || now >= flush_at || !queue.open {
                 let batch = self.take_batch(&mut queue, max, now);
                 self.metrics.queue_depth.set(queue.items.len() as f64);
+                self.room.notify_waiters();
                 if batch.is_empty() {
                     continue;
                 }
@@ -245,6 +260,7 @@ impl<P: InferencePipeline> Shared<P> {
             }
             if let Some(dead) = queue.items.pop_front() {
                 self.discard(dead, now);
+                self.room.notify_waiters();
             }
         }
     }

@@ -88,21 +88,28 @@ fn compute_batch<P: InferencePipeline>(
     batch: Vec<Pending<P>>,
 ) -> Result<(), String> {
     let started = Instant::now();
-    let size = batch.len();
-    let mut inputs = Vec::with_capacity(size);
-    let mut replies = Vec::with_capacity(size);
+    let mut inputs = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
     for pending in batch {
         shared.metrics.queue_wait.record(
             started
                 .saturating_duration_since(pending.arrived)
                 .as_secs_f64(),
         );
-        if let Some(on_start) = pending.on_start {
-            on_start();
+        if let Some(on_start) = pending.on_start
+            && !on_start()
+        {
+            // Withdrawn by its owner (a cancelled job): never computed.
+            let _ = pending.reply.send(Err(Error::Cancelled));
+            continue;
         }
         inputs.push(pending.input);
         replies.push(Some(pending.reply));
     }
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let size = inputs.len();
     shared.metrics.batch_size.record(size as f64);
     let span = tracing::debug_span!("batch", model = %shared.model, size);
     let _entered = span.enter();

@@ -321,6 +321,27 @@ pub struct QueueConfig {
     #[serde(default = "default_input_max_in_flight")]
     #[garde(range(min = 1, max = 100_000))]
     pub input_max_in_flight: usize,
+    /// An SQS queue for dead-letter records (they outlive the container);
+    /// the file at `dead_letter_path` is the fallback.
+    #[serde(default)]
+    #[garde(inner(length(min = 1, max = 80)))]
+    pub dead_letter_queue: Option<String>,
+    /// Where async job records live: `memory` (this process) or `dynamodb`
+    /// (one table shared by every container).
+    #[serde(default = "default_job_store")]
+    #[garde(pattern(r"^(memory|dynamodb)$"))]
+    pub job_store: String,
+    /// The DynamoDB table of the `dynamodb` job store (created if missing).
+    #[serde(default = "default_job_table")]
+    #[garde(length(min = 3, max = 255))]
+    pub job_table: String,
+}
+
+fn default_job_store() -> String {
+    "memory".to_owned()
+}
+fn default_job_table() -> String {
+    "modalkit-jobs".to_owned()
 }
 
 fn default_input_visibility_timeout_seconds() -> u32 {
@@ -371,6 +392,9 @@ impl Default for QueueConfig {
             input_max_messages: default_input_max_messages(),
             input_wait_seconds: default_input_wait_seconds(),
             input_max_in_flight: default_input_max_in_flight(),
+            dead_letter_queue: None,
+            job_store: default_job_store(),
+            job_table: default_job_table(),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `GET /jobs/{job_id}`: an async job's state and result.
+//! `GET /jobs/{job_id}` and `POST /jobs/{job_id}/cancel`: an async job's
+//! record, from whichever container answers.
 
 use std::sync::Arc;
 
@@ -7,23 +8,34 @@ use axum::extract::{Path, State};
 use modalkit_core::InferencePipeline;
 use uuid::Uuid;
 
+use crate::async_jobs::record::JobRecord;
 use crate::error::ApiError;
-use crate::jobs::JobView;
 use crate::state::AppState;
 
-/// The job's view, 400 for a malformed id, 404 for an unknown or expired one.
+/// The job's record; 400 for a malformed id, 404 for an unknown or expired
+/// one.
 pub async fn get_job<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     Path(job_id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
-    let id = Uuid::parse_str(&job_id).map_err(|_| ApiError::InvalidJobId(truncate(&job_id)))?;
+) -> Result<Json<JobRecord>, ApiError> {
+    let id = parse_id(&job_id)?;
     state
         .jobs
         .get(id)
+        .await?
         .map(Json)
         .ok_or(ApiError::JobNotFound(job_id))
 }
 
-fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
+/// Cancels a queued job; 409 with its state if it is running or ended.
+pub async fn cancel_job<P: InferencePipeline>(
+    State(state): State<Arc<AppState<P>>>,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobRecord>, ApiError> {
+    let id = parse_id(&job_id)?;
+    state.jobs.cancel(id).await.map(Json)
+}
+
+fn parse_id(job_id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(job_id).map_err(|_| ApiError::InvalidJobId(job_id.chars().take(64).collect()))
 }

@@ -9,13 +9,11 @@ use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::StatusCode;
 use modalkit_core::wire::{AsyncInput, AsyncOutput, InferenceOutput, Meta};
 use modalkit_core::{Batcher, Error, InferencePipeline, SubmitOptions, Ticket};
-use modalkit_queue::{Delivery, ItemOutcome, deliver_outcome};
 use serde_json::Value;
-use uuid::Uuid;
 
+use crate::async_jobs::{IdempotencyKey, parse_message};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, parse_value, resolve_model, validate};
-use crate::jobs::{JobState, JobStore};
 use crate::state::AppState;
 
 type Output<P> = InferenceOutput<<P as InferencePipeline>::Output>;
@@ -111,41 +109,33 @@ pub async fn predict_batch<P: InferencePipeline>(
     Ok(Json(outputs))
 }
 
-/// Queues a message and answers `{job_id}` at once; the result goes to the
-/// named queues and the job store.
+/// Accepts a message as an async job and answers `{job_id}`: at once in
+/// embedded mode, after SQS acknowledged it in durable mode. The result
+/// goes to the named queues and the job store.
 pub async fn predict_async<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<(StatusCode, Json<AsyncOutput>), ApiError> {
-    let batcher = batcher_for(&state, query.as_deref())?;
+    let model = resolve_model(query.as_deref(), &state.model_names)?.to_owned();
+    if state.batcher(&model).is_none() {
+        return Err(ApiError::UnknownModel(model, state.model_names.clone()));
+    }
+    let key_header = request
+        .headers()
+        .get(IDEMPOTENCY_KEY)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let body = JsonBody::from_request(request, &()).await?;
     let envelope: AsyncInput<Value> = body.parse()?;
-    let input: P::Input = parse_value(&envelope.message, "message")?;
-    validate(&input, "message")?;
-
-    let job_id = state.jobs.create(batcher.model()).ok_or_else(|| {
-        ApiError::Overloaded("the job store is full of unfinished jobs".to_owned())
-    })?;
-    let jobs = Arc::clone(&state.jobs);
-    let options = SubmitOptions {
-        deadline: Some(Instant::now() + state.limits.async_timeout),
-        on_start: Some(Box::new(move || jobs.set(job_id, JobState::Running))),
+    let input = parse_message::<P>(&envelope.message)?;
+    let idempotency = match key_header {
+        Some(key) => Some(IdempotencyKey::new(&key, &model, &body.value()?)?),
+        None => None,
     };
-    let ticket = match batcher.submit_with(input, options) {
-        Ok(ticket) => ticket,
-        Err(err) => {
-            state.jobs.remove(job_id);
-            return Err(err.into());
-        }
-    };
-    let job = AsyncJob {
-        id: job_id,
-        jobs: Arc::clone(&state.jobs),
-        delivery: Arc::clone(&state.delivery),
-        envelope,
-    };
-    state.async_jobs.spawn(job.finish(ticket));
+    let job_id = state
+        .jobs
+        .accept(&model, envelope, input, idempotency)
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(AsyncOutput {
@@ -154,34 +144,12 @@ pub async fn predict_async<P: InferencePipeline>(
     ))
 }
 
+/// The header that makes `/predict_async` idempotent.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 fn with_deadline(deadline: Instant) -> SubmitOptions {
     SubmitOptions {
         deadline: Some(deadline),
         on_start: None,
-    }
-}
-
-/// An accepted async job: awaits its result, delivers it, records it.
-pub struct AsyncJob {
-    /// The job's id.
-    pub id: Uuid,
-    /// Where its state is recorded.
-    pub jobs: Arc<JobStore>,
-    /// Where its result is sent.
-    pub delivery: Arc<Delivery>,
-    /// The request: message, queues, meta.
-    pub envelope: AsyncInput<Value>,
-}
-
-impl AsyncJob {
-    /// Waits for the item, delivers success or failure to the named queue
-    /// (if any), then records the final state.
-    pub async fn finish<O: serde::Serialize>(self, ticket: Ticket<O>) {
-        let result = ticket.await;
-        let state = match deliver_outcome(&self.delivery, self.envelope, result).await {
-            ItemOutcome::Succeeded(output) => JobState::Succeeded { output },
-            ItemOutcome::Failed(error) => JobState::Failed { error },
-        };
-        self.jobs.set(self.id, state);
     }
 }

@@ -1,31 +1,24 @@
-//! Where an async item's result goes, as modalkit does it: the success
+//! Where an async job's result goes, as modalkit does it: the success
 //! output (with the request's `meta`) to `success_queue`, a
-//! `DelayedFailure` to `failure_queue`, each only if named. Used by the
-//! HTTP async path and the SQS input consumer alike.
+//! `DelayedFailure` to `failure_queue`, each only if named, labelled with
+//! the job id. Returns what the job store records.
 
 use modalkit_core::Error;
 use modalkit_core::wire::{AsyncInput, DelayedFailure, InferenceOutput};
+use modalkit_queue::Delivery;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::delivery::Delivery;
+use super::record::{CANCELLED_ERROR, JobEnd};
 
-/// How an async item ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ItemOutcome {
-    /// The `InferenceOutput` that was (or would have been) sent.
-    Succeeded(Value),
-    /// Why it failed.
-    Failed(String),
-}
-
-/// Delivers `result` as `envelope` asks and returns the outcome. Never fails:
-/// what cannot be delivered is dead-lettered by [`Delivery`].
+/// Delivers `result` as `envelope` asks and returns how the job ended.
+/// Never fails: what cannot be delivered is dead-lettered by [`Delivery`].
 pub async fn deliver_outcome<O: Serialize>(
     delivery: &Delivery,
+    job_id: &str,
     envelope: AsyncInput<Value>,
     result: Result<O, Error>,
-) -> ItemOutcome {
+) -> JobEnd {
     let AsyncInput {
         message,
         success_queue,
@@ -39,21 +32,26 @@ pub async fn deliver_outcome<O: Serialize>(
     match output {
         Ok(output) => {
             if !success_queue.is_empty() {
-                delivery.deliver(&success_queue, &output.to_string()).await;
+                delivery
+                    .deliver_job_result(&success_queue, &output.to_string(), job_id)
+                    .await;
             }
-            ItemOutcome::Succeeded(output)
+            JobEnd::succeeded(output)
         }
         Err(err) => {
             let error = match err {
                 Error::Item(message) | Error::InvalidInput(message) => message,
+                Error::Cancelled => CANCELLED_ERROR.to_owned(),
                 other => other.to_string(),
             };
             if !failure_queue.is_empty() {
                 let failure = DelayedFailure::new(error.clone(), meta, message);
                 let text = serde_json::to_string(&failure).unwrap_or_default();
-                delivery.deliver(&failure_queue, &text).await;
+                delivery
+                    .deliver_job_result(&failure_queue, &text, job_id)
+                    .await;
             }
-            ItemOutcome::Failed(error)
+            JobEnd::Failed(error)
         }
     }
 }

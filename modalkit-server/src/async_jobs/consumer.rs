@@ -1,27 +1,30 @@
-//! The SQS input consumer: the scale-out path. It long-polls an input queue,
-//! runs each `AsyncInput` message through the model's batcher like
-//! `/predict_async`, delivers the result, and only then deletes the message
-//! (at least once). Visibility is extended while an item is processed. A
-//! malformed message goes to its failure queue (or the dead-letter file) and
-//! is deleted, never retried forever. Work the server could not do (device
-//! failure, shutdown) is made visible again for another consumer. Several
-//! processes consuming one queue share the work.
+//! The SQS door onto async jobs: every container long-polls the input queue
+//! and hands each `AsyncInput` message to [`AsyncJobs::run_consumed`], which
+//! runs it through the model's batcher, delivers the result and records it;
+//! only then is the message deleted (at least once). Visibility is extended
+//! while a job runs, so a killed container's messages reappear after the
+//! visibility timeout and another container runs them. A message's job id
+//! and model come from its `job_id` / `model` attributes (set by
+//! `/predict_async` in durable mode); a message from another producer gets
+//! a job id derived from its SQS message id, so a redelivery is the same
+//! job. A body that is not an `AsyncInput` goes to its failure queue (or
+//! the dead letters) and is deleted, never retried forever.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use garde::Validate;
-use modalkit_core::batcher::BatcherState;
 use modalkit_core::wire::{AsyncInput, Meta};
-use modalkit_core::{Batcher, Error, InferencePipeline, SubmitOptions};
+use modalkit_core::{Error, InferencePipeline};
+use modalkit_queue::{JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, ReceivedMessage, SqsQueue};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
-use crate::delivery::Delivery;
-use crate::outcome::deliver_outcome;
-use crate::sqs::{ReceivedMessage, SqsQueue};
+use super::outcome::deliver_outcome;
+use super::{AsyncJobs, Disposition, parse_message};
 
 /// How the consumer polls.
 #[derive(Debug, Clone)]
@@ -36,8 +39,8 @@ pub struct ConsumerConfig {
     pub visibility_seconds: i32,
     /// Most messages processed at once.
     pub max_in_flight: usize,
-    /// Deadline of each item in the batcher.
-    pub item_timeout: Duration,
+    /// The model of messages that name none.
+    pub default_model: String,
 }
 
 /// A running consumer.
@@ -49,8 +52,7 @@ pub struct InputConsumer {
 struct Context<P: InferencePipeline> {
     sqs: Arc<SqsQueue>,
     queue_url: String,
-    batcher: Arc<Batcher<P>>,
-    delivery: Arc<Delivery>,
+    jobs: Arc<AsyncJobs<P>>,
     config: ConsumerConfig,
     stop: CancellationToken,
 }
@@ -59,22 +61,20 @@ impl InputConsumer {
     /// Resolves (or creates) the input queue and starts polling it.
     pub async fn start<P: InferencePipeline>(
         sqs: Arc<SqsQueue>,
-        batcher: Arc<Batcher<P>>,
-        delivery: Arc<Delivery>,
+        jobs: Arc<AsyncJobs<P>>,
         config: ConsumerConfig,
-    ) -> Result<Self, crate::QueueError> {
+    ) -> Result<Self, modalkit_queue::QueueError> {
         let queue_url = sqs.queue_url(&config.queue_name).await?;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let context = Arc::new(Context {
             sqs,
             queue_url,
-            batcher,
-            delivery,
+            jobs,
             config,
             stop: stop.clone(),
         });
-        tracing::info!(queue = %context.config.queue_name, model = context.batcher.model(), "consuming the input queue");
+        tracing::info!(queue = %context.config.queue_name, default_model = %context.config.default_model, "consuming the input queue");
         tracker.spawn(poll(context, tracker.clone()));
         Ok(InputConsumer { stop, tracker })
     }
@@ -95,7 +95,7 @@ async fn poll<P: InferencePipeline>(context: Arc<Context<P>>, tracker: TaskTrack
     let permits = Arc::new(Semaphore::new(context.config.max_in_flight.max(1)));
     let mut failures = 0u32;
     loop {
-        if context.stop.is_cancelled() || context.batcher.state() != BatcherState::Serving {
+        if context.stop.is_cancelled() {
             break;
         }
         let first = tokio::select! {
@@ -154,73 +154,43 @@ async fn handle<P: InferencePipeline>(
             return;
         }
     };
-    if let Err(problem) = parse_input::<P>(&envelope.message) {
-        let failure = envelope_failure(envelope, &problem);
-        deliver_outcome::<Value>(&context.delivery, failure.0, Err(failure.1)).await;
-        delete(&context, &message).await;
-        return;
-    }
-
+    let job_id = job_id_of(&message);
+    let model = message
+        .attributes
+        .get(MODEL_ATTRIBUTE)
+        .cloned()
+        .unwrap_or_else(|| context.config.default_model.clone());
+    let input =
+        parse_message::<P>(&envelope.message).map_err(|err| format!("invalid message: {err}"));
     let heartbeat = tokio::spawn(keep_hidden(
         Arc::clone(&context),
         message.receipt_handle.clone(),
     ));
-    let result = run_item(&context, &envelope.message).await;
+    let disposition = context
+        .jobs
+        .run_consumed(job_id, &model, envelope, input)
+        .await;
     heartbeat.abort();
-    match result {
-        Some(Err(err @ (Error::Unavailable { .. } | Error::Overloaded { .. }))) => {
-            tracing::warn!(message_id = %message.message_id, %err, "could not process the message here; releasing it");
-            release(&context, &message).await;
-        }
-        None => release(&context, &message).await,
-        Some(result) => {
-            deliver_outcome(&context.delivery, envelope, result).await;
-            delete(&context, &message).await;
-        }
+    match disposition {
+        Disposition::Delete => delete(&context, &message).await,
+        Disposition::Release => release(&context, &message).await,
     }
 }
 
-/// Submits the item (waiting while the queue is full) and awaits it.
-/// `None`: stopped before it could be submitted.
-async fn run_item<P: InferencePipeline>(
-    context: &Context<P>,
-    message: &Value,
-) -> Option<Result<P::Output, Error>> {
-    let deadline = Instant::now() + context.config.item_timeout;
-    loop {
-        let input = parse_input::<P>(message).ok()?;
-        let options = SubmitOptions {
-            deadline: Some(deadline),
-            on_start: None,
-        };
-        match context.batcher.submit_with(input, options) {
-            Ok(ticket) => return Some(ticket.await),
-            Err(Error::Overloaded { .. })
-                if !context.stop.is_cancelled() && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(err) => return Some(Err(err)),
-        }
+/// The job id a message carries, or one derived from its SQS message id
+/// (the same on every delivery of that message).
+fn job_id_of(message: &ReceivedMessage) -> Uuid {
+    if let Some(id) = message
+        .attributes
+        .get(JOB_ID_ATTRIBUTE)
+        .and_then(|text| Uuid::parse_str(text).ok())
+    {
+        return id;
     }
-}
-
-fn parse_input<P: InferencePipeline>(message: &Value) -> Result<P::Input, String> {
-    let input: P::Input = serde_path_to_error::deserialize(message).map_err(|err| {
-        let path = err.path().to_string();
-        format!("invalid message at message.{path}: {}", err.into_inner())
-    })?;
-    input.validate().map_err(|report| {
-        format!(
-            "invalid message: {}",
-            report.to_string().trim_end().replace('\n', "; ")
-        )
-    })?;
-    Ok(input)
-}
-
-fn envelope_failure(envelope: AsyncInput<Value>, problem: &str) -> (AsyncInput<Value>, Error) {
-    (envelope, Error::Item(problem.to_owned()))
+    let digest = Sha256::digest(message.message_id.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 /// A body that is not an `AsyncInput`: its failure goes where the body asks
@@ -239,15 +209,14 @@ async fn reject_malformed<P: InferencePipeline>(
         .to_owned();
     tracing::warn!(message_id = %message.message_id, problem, "malformed input message");
     if failure_queue.is_empty() {
-        if let Err(err) = context.delivery.dead_letters().write(
+        let record = modalkit_queue::dead_letter_record(
             &context.config.queue_name,
             &message.body,
             problem,
             0,
-        ) {
-            tracing::error!(%err, "could not dead-letter a malformed input message; it stays in the queue");
-            return;
-        }
+            None,
+        );
+        context.jobs.delivery().dead_letter(&record).await;
     } else {
         let envelope = AsyncInput {
             message: raw.get("message").cloned().unwrap_or(raw.clone()),
@@ -260,7 +229,8 @@ async fn reject_malformed<P: InferencePipeline>(
                 .unwrap_or_else(Meta::new),
         };
         deliver_outcome::<Value>(
-            &context.delivery,
+            context.jobs.delivery(),
+            &job_id_of(message).to_string(),
             envelope,
             Err(Error::Item(problem.to_owned())),
         )

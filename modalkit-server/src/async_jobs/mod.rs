@@ -1,0 +1,500 @@
+//! Async jobs, from acceptance to delivery: the one owner of that path.
+//!
+//! Two doors lead in: `POST /predict_async` (`routes/predict.rs`) and, in
+//! durable mode, the SQS input consumer ([`consumer`]). Both parse and
+//! validate with [`parse_message`], then [`AsyncJobs`] records, runs,
+//! delivers and records again:
+//!
+//! ```text
+//!  HTTP ──accept──┬─ embedded: record queued ─> batcher ─────────────┐
+//!                 └─ durable:  record queued ─> SQS input queue ─┐   │
+//!  SQS consumer (every container) <──────────────────────────────┘   │
+//!        └─ start (queued -> running, skips cancelled/ended) ─> batcher
+//!                                                                     │
+//!        deliver (success / failure queue, dead letters) <───────────┘
+//!        └─ finish (running -> succeeded | failed, written once)
+//! ```
+//!
+//! Embedded mode (no `queue_config.input_queue`): the job waits in this
+//! process; it survives a graceful drain, not a killed container. Durable
+//! mode: `/predict_async` answers only after SQS acknowledged the message;
+//! the message is deleted only after the result was delivered, so a killed
+//! container's jobs reappear and another container runs them. Records live
+//! in a [`store::JobStore`] (memory, or DynamoDB shared by every container).
+
+mod claims;
+#[cfg(feature = "sqs")]
+pub mod consumer;
+pub mod outcome;
+pub mod record;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modalkit_core::wire::AsyncInput;
+use modalkit_core::{Batcher, Error, InferencePipeline, SubmitOptions, Ticket};
+use modalkit_queue::Delivery;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{parse_value, validate};
+use claims::{Claim, Claims};
+use outcome::deliver_outcome;
+use record::{JobEnd, JobRecord, JobStatus};
+use store::{JobStore, KeyClaim, StoreError, Transition};
+
+/// Where accepted jobs wait.
+pub enum JobIntake {
+    /// In this process's batcher queue.
+    Embedded,
+    /// In an SQS input queue read by every container's consumer.
+    #[cfg(feature = "sqs")]
+    Durable {
+        /// The SQS client.
+        sqs: Arc<modalkit_queue::SqsQueue>,
+        /// The input queue's name.
+        queue: String,
+    },
+}
+
+/// A client's idempotency key and the fingerprint of its request.
+pub struct IdempotencyKey {
+    /// The `Idempotency-Key` header's value.
+    pub key: String,
+    /// Hash of the model and the request body.
+    pub fingerprint: String,
+}
+
+impl IdempotencyKey {
+    /// The longest key accepted.
+    pub const MAX_LEN: usize = 255;
+
+    /// A key for a request to `model` with this body; 400 when the key is
+    /// empty, too long or not visible ASCII.
+    pub fn new(key: &str, model: &str, body: &Value) -> Result<Self, ApiError> {
+        if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ApiError::InvalidIdempotencyKey(format!(
+                "Idempotency-Key must be 1 to {} visible ASCII characters",
+                Self::MAX_LEN
+            )));
+        }
+        let mut hash = Sha256::new();
+        hash.update(model.as_bytes());
+        hash.update([0]);
+        hash.update(body.to_string().as_bytes());
+        let fingerprint = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(IdempotencyKey {
+            key: key.to_owned(),
+            fingerprint,
+        })
+    }
+}
+
+/// Parses and validates an async message for pipeline `P`, naming fields
+/// under `message`. Both doors use it.
+pub fn parse_message<P: InferencePipeline>(message: &Value) -> Result<P::Input, ApiError> {
+    let input: P::Input = parse_value(message, "message")?;
+    validate(&input, "message")?;
+    Ok(input)
+}
+
+/// What the SQS consumer should do with a message it handed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The job ended (or had ended): delete the message.
+    Delete,
+    /// It could not run here now: make the message visible again.
+    Release,
+}
+
+/// The async jobs of a server. See the module docs.
+pub struct AsyncJobs<P: InferencePipeline> {
+    store: Arc<dyn JobStore>,
+    delivery: Arc<Delivery>,
+    batchers: BTreeMap<String, Arc<Batcher<P>>>,
+    intake: JobIntake,
+    claims: Arc<Claims>,
+    tasks: TaskTracker,
+    async_timeout: Duration,
+    /// How long an unfinished record may live before it expires.
+    record_ttl_seconds: f64,
+}
+
+impl<P: InferencePipeline> AsyncJobs<P> {
+    /// Async jobs over these batchers, recorded in `store`, delivered by
+    /// `delivery`, waiting where `intake` says.
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        delivery: Arc<Delivery>,
+        batchers: BTreeMap<String, Arc<Batcher<P>>>,
+        intake: JobIntake,
+        async_timeout: Duration,
+        ttl_seconds: f64,
+    ) -> Self {
+        AsyncJobs {
+            store,
+            delivery,
+            batchers,
+            intake,
+            claims: Arc::default(),
+            tasks: TaskTracker::new(),
+            async_timeout,
+            record_ttl_seconds: async_timeout.as_secs_f64() + ttl_seconds,
+        }
+    }
+
+    /// The job store.
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
+    /// Result delivery.
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
+    /// Embedded jobs in flight in this process (awaited on shutdown).
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Whether accepted jobs go to an SQS input queue.
+    pub fn is_durable(&self) -> bool {
+        !matches!(self.intake, JobIntake::Embedded)
+    }
+
+    /// Accepts a validated job for `model` and returns its id. With an
+    /// idempotency key already used for the same request, returns that
+    /// job's id and accepts nothing new; with another request, 422.
+    pub async fn accept(
+        &self,
+        model: &str,
+        envelope: AsyncInput<Value>,
+        input: P::Input,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Uuid, ApiError> {
+        let id = Uuid::new_v4();
+        if let Some(key) = &idempotency {
+            match self.store.claim_key(&key.key, &key.fingerprint, id).await? {
+                KeyClaim::New => {}
+                KeyClaim::Existing(job) => return Ok(job),
+                KeyClaim::Conflict(job) => {
+                    return Err(ApiError::IdempotencyKeyReused {
+                        key: key.key.clone(),
+                        job_id: job.to_string(),
+                    });
+                }
+            }
+        }
+        let accepted = self.submit(id, model, envelope, input).await;
+        if let (Err(_), Some(key)) = (&accepted, &idempotency)
+            && let Err(err) = self.store.release_key(&key.key).await
+        {
+            tracing::warn!(%err, "could not release the idempotency key of a refused job");
+        }
+        accepted.map(|()| id)
+    }
+
+    async fn submit(
+        &self,
+        id: Uuid,
+        model: &str,
+        envelope: AsyncInput<Value>,
+        input: P::Input,
+    ) -> Result<(), ApiError> {
+        let batcher = self
+            .batchers
+            .get(model)
+            .ok_or_else(|| ApiError::Internal(format!("no batcher for model '{model}'")))?;
+        self.store
+            .create(JobRecord::queued(id, model, self.record_ttl_seconds))
+            .await?;
+        let submitted = match &self.intake {
+            JobIntake::Embedded => self.submit_embedded(id, batcher, envelope, input),
+            #[cfg(feature = "sqs")]
+            JobIntake::Durable { sqs, queue } => {
+                drop(input);
+                send_to_input_queue(sqs, queue, id, model, &envelope).await
+            }
+        };
+        if submitted.is_err()
+            && let Err(err) = self.store.remove(id).await
+        {
+            tracing::warn!(%err, job_id = %id, "could not remove the record of a refused job");
+        }
+        submitted
+    }
+
+    fn submit_embedded(
+        &self,
+        id: Uuid,
+        batcher: &Arc<Batcher<P>>,
+        envelope: AsyncInput<Value>,
+        input: P::Input,
+    ) -> Result<(), ApiError> {
+        let claim = self.claims.hold(id);
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let on_start = {
+            let claim = Arc::clone(&claim);
+            move || {
+                let start = claim.try_start();
+                if start {
+                    let _ = started_tx.send(());
+                }
+                start
+            }
+        };
+        let options = SubmitOptions {
+            deadline: Some(Instant::now() + self.async_timeout),
+            on_start: Some(Box::new(on_start)),
+        };
+        let ticket = match batcher.submit_with(input, options) {
+            Ok(ticket) => ticket,
+            Err(err) => {
+                self.claims.release(id);
+                return Err(err.into());
+            }
+        };
+        let held = HeldJob {
+            id,
+            claim,
+            claims: Arc::clone(&self.claims),
+            started: started_rx,
+            envelope,
+            store: Arc::clone(&self.store),
+            delivery: Arc::clone(&self.delivery),
+        };
+        self.tasks.spawn(held.finish(ticket));
+        Ok(())
+    }
+
+    /// A job's record, `None` if unknown or expired.
+    pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, ApiError> {
+        Ok(self.store.get(id).await?)
+    }
+
+    /// Cancels a queued job; 409 with its state if it is running or ended.
+    pub async fn cancel(&self, id: Uuid) -> Result<JobRecord, ApiError> {
+        let held_here = self.claims.get(id);
+        if let Some(claim) = &held_here
+            && !claim.try_cancel()
+        {
+            return Err(ApiError::JobConflict {
+                job_id: id.to_string(),
+                status: JobStatus::Running.as_str(),
+            });
+        }
+        match self.store.cancel(id).await? {
+            Transition::Done => {}
+            Transition::Missing => return Err(ApiError::JobNotFound(id.to_string())),
+            Transition::Refused(status) => {
+                return Err(ApiError::JobConflict {
+                    job_id: id.to_string(),
+                    status: status.as_str(),
+                });
+            }
+        }
+        tracing::info!(job_id = %id, "job cancelled");
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))
+    }
+
+    /// Runs a job that came through the input queue: skips it if it was
+    /// cancelled (delivering its cancellation) or already ended, else runs
+    /// it, delivers its result and records its end. `input` is the parsed
+    /// message or why it is invalid.
+    pub async fn run_consumed(
+        &self,
+        id: Uuid,
+        model: &str,
+        envelope: AsyncInput<Value>,
+        input: Result<P::Input, String>,
+    ) -> Disposition {
+        // A message sent by another producer has no record yet.
+        if let Err(err) = self
+            .store
+            .create(JobRecord::queued(id, model, self.record_ttl_seconds))
+            .await
+        {
+            tracing::warn!(%err, job_id = %id, "cannot record the job; leaving its message for later");
+            return Disposition::Release;
+        }
+        let input = match input {
+            Ok(input) => input,
+            Err(problem) => {
+                let end = deliver_outcome::<P::Output>(
+                    &self.delivery,
+                    &id.to_string(),
+                    envelope,
+                    Err(Error::Item(problem)),
+                )
+                .await;
+                return self.record_end(id, end).await;
+            }
+        };
+        match self.store.start(id).await {
+            // Running already: its earlier holder died, or a duplicate
+            // delivery; at least once, so run it.
+            Ok(
+                Transition::Done | Transition::Refused(JobStatus::Running) | Transition::Missing,
+            ) => {}
+            Ok(Transition::Refused(JobStatus::Cancelled)) => {
+                deliver_outcome::<P::Output>(
+                    &self.delivery,
+                    &id.to_string(),
+                    envelope,
+                    Err(Error::Cancelled),
+                )
+                .await;
+                return Disposition::Delete;
+            }
+            Ok(Transition::Refused(status)) => {
+                tracing::info!(job_id = %id, status = status.as_str(), "job already ended; dropping its duplicate message");
+                return Disposition::Delete;
+            }
+            Err(err) => {
+                tracing::warn!(%err, job_id = %id, "cannot start the job; leaving its message for later");
+                return Disposition::Release;
+            }
+        }
+        let Some(batcher) = self.batchers.get(model) else {
+            let end = deliver_outcome::<P::Output>(
+                &self.delivery,
+                &id.to_string(),
+                envelope,
+                Err(Error::Item(format!("unknown model '{model}'"))),
+            )
+            .await;
+            return self.record_end(id, end).await;
+        };
+        let options = SubmitOptions {
+            deadline: Some(Instant::now() + self.async_timeout),
+            on_start: None,
+        };
+        let result = match batcher.submit_waiting(input, options).await {
+            Ok(ticket) => ticket.await,
+            Err(err) => Err(err),
+        };
+        if let Err(err @ (Error::Unavailable { .. } | Error::Overloaded { .. })) = &result {
+            tracing::warn!(job_id = %id, %err, "could not run the job here; releasing its message");
+            return Disposition::Release;
+        }
+        let end = deliver_outcome(&self.delivery, &id.to_string(), envelope, result).await;
+        self.record_end(id, end).await
+    }
+
+    async fn record_end(&self, id: Uuid, end: JobEnd) -> Disposition {
+        match self.store.finish(id, end).await {
+            Ok(Transition::Done) => {}
+            Ok(other) => {
+                tracing::info!(job_id = %id, ?other, "the job's end was already recorded");
+            }
+            // Delivered but not recorded: the message comes back and the job
+            // runs again (at least once) rather than stay `running` forever.
+            Err(err) => {
+                tracing::warn!(%err, job_id = %id, "could not record the job's end; it will run again");
+                return Disposition::Release;
+            }
+        }
+        Disposition::Delete
+    }
+}
+
+/// An embedded job this process holds: waits for its batch (recording
+/// `running` when it starts) or its cancellation, delivers, records.
+struct HeldJob {
+    id: Uuid,
+    claim: Arc<Claim>,
+    claims: Arc<Claims>,
+    started: tokio::sync::oneshot::Receiver<()>,
+    envelope: AsyncInput<Value>,
+    store: Arc<dyn JobStore>,
+    delivery: Arc<Delivery>,
+}
+
+impl HeldJob {
+    async fn finish<O: serde::Serialize>(self, ticket: Ticket<O>) {
+        let HeldJob {
+            id,
+            claim,
+            claims,
+            mut started,
+            envelope,
+            store,
+            delivery,
+        } = self;
+        let job_id = id.to_string();
+        tokio::pin!(ticket);
+        let mut watching_start = true;
+        let result = loop {
+            tokio::select! {
+                biased;
+                begun = &mut started, if watching_start => {
+                    watching_start = false;
+                    if begun.is_ok()
+                        && let Err(err) = store.start(id).await
+                    {
+                        tracing::warn!(%err, job_id, "could not record that the job started");
+                    }
+                }
+                () = claim.cancelled.notified() => break Err(Error::Cancelled),
+                result = &mut ticket => break result,
+            }
+        };
+        // Dropped here: a cancelled job's item is discarded unseen.
+        drop(ticket);
+        claims.release(id);
+        let cancelled = matches!(result, Err(Error::Cancelled));
+        let end = deliver_outcome(&delivery, &job_id, envelope, result).await;
+        if cancelled {
+            return;
+        }
+        match store.finish(id, end).await {
+            Ok(Transition::Done) => {}
+            Ok(other) => tracing::info!(job_id, ?other, "the job's end was already recorded"),
+            Err(err) => tracing::error!(%err, job_id, "could not record the job's end"),
+        }
+    }
+}
+
+/// Puts an accepted job on the input queue and returns once SQS has it.
+#[cfg(feature = "sqs")]
+async fn send_to_input_queue(
+    sqs: &modalkit_queue::SqsQueue,
+    queue: &str,
+    id: Uuid,
+    model: &str,
+    envelope: &AsyncInput<Value>,
+) -> Result<(), ApiError> {
+    let body = serde_json::to_string(envelope)
+        .map_err(|err| ApiError::Internal(format!("cannot encode the job: {err}")))?;
+    let job_id = id.to_string();
+    sqs.send_with_attributes(
+        queue,
+        &body,
+        &job_id,
+        &[
+            (modalkit_queue::JOB_ID_ATTRIBUTE, &job_id),
+            (modalkit_queue::MODEL_ATTRIBUTE, model),
+        ],
+    )
+    .await
+    .map_err(|err| ApiError::Unavailable(format!("the input queue did not take the job: {err}")))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Full(_) => ApiError::Overloaded(error.to_string()),
+            StoreError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+        }
+    }
+}
