@@ -317,6 +317,88 @@ async fn a_full_queue_refuses_at_once_and_admitted_items_still_succeed() {
 }
 
 #[tokio::test]
+async fn a_waiting_submit_gets_in_when_room_frees_and_gives_up_at_its_deadline() {
+    let mut cfg = config(1, 0);
+    cfg.max_queue_depth = 1;
+    let (batcher, log) = start("waiting", cfg);
+    let busy = Job {
+        id: 0,
+        sleep_ms: 200,
+        ..Job::default()
+    };
+    let running = batcher.submit(busy).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let slow = |id| Job {
+        id,
+        sleep_ms: 200,
+        ..Job::default()
+    };
+    let queued = batcher.submit(slow(1)).unwrap();
+    assert!(matches!(
+        batcher.submit(job(2)),
+        Err(Error::Overloaded { .. })
+    ));
+    // Waits (no polling loop) until the worker takes item 1, then gets in.
+    let t0 = Instant::now();
+    let waited = batcher
+        .submit_waiting(job(2), SubmitOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(100),
+        "it waited for room"
+    );
+    // Item 1 computes, item 2 fills the queue: with no room before its
+    // deadline, a waiting submit is refused as overloaded.
+    let refused = batcher
+        .submit_waiting(
+            job(3),
+            SubmitOptions {
+                deadline: Some(Instant::now() + Duration::from_millis(30)),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::Overloaded { .. })));
+    running.await.unwrap();
+    assert_eq!(queued.await.unwrap().id, 1);
+    assert_eq!(waited.await.unwrap().id, 2);
+    let seen: Vec<u64> = batches(&log).iter().flat_map(|b| b.ids.clone()).collect();
+    assert_eq!(seen, vec![0, 1, 2]);
+}
+
+#[tokio::test]
+async fn an_item_its_owner_withdraws_at_start_is_never_computed() {
+    let (batcher, log) = start("withdrawn", config(8, 20));
+    let withdrawn = batcher
+        .submit_with(
+            job(1),
+            SubmitOptions {
+                on_start: Some(Box::new(|| false)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let kept = batcher
+        .submit_with(
+            job(2),
+            SubmitOptions {
+                on_start: Some(Box::new(|| true)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(matches!(withdrawn.await, Err(Error::Cancelled)));
+    assert_eq!(
+        kept.await.unwrap().batch_size,
+        1,
+        "the batch holds only the kept item"
+    );
+    let seen: Vec<u64> = batches(&log).iter().flat_map(|b| b.ids.clone()).collect();
+    assert_eq!(seen, vec![2]);
+}
+
+#[tokio::test]
 async fn expired_and_cancelled_items_never_reach_the_pipeline() {
     let (batcher, log) = start("deadlines", config(32, 0));
     let busy = batcher
