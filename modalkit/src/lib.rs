@@ -8,8 +8,9 @@
 //! ([`modalkit_core`]), the server ([`server`]), the queues ([`queue`]) and the
 //! crates the derive macros expand to ([`serde`], [`schemars`], [`garde`]).
 //!
-//! Features: `sqs` (SQS queues, the SQS input consumer, the API key from
-//! SSM), `candle` (device selection, candle's CUDA errors as fatal, the BERT
+//! Features: `sqs` (SQS queues, durable async jobs through an SQS input
+//! queue, the API key from SSM), `dynamodb` (implies `sqs`: the job store
+//! shared by every container), `candle` (device selection, candle's CUDA errors as fatal, the BERT
 //! encoder: [`candle`]), `cuda` (`candle` built for NVIDIA GPUs). With no
 //! features it pulls in neither candle nor the AWS SDK.
 //!

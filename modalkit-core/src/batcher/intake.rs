@@ -121,6 +121,9 @@ impl<P: InferencePipeline> Shared<P> {
     }
 
     /// Adds an item, or refuses it at once and hands it back.
+    // The refused item comes back by value so a waiting submitter can retry
+    // it without cloning or re-parsing; boxing it would allocate per refusal.
+    #[allow(clippy::result_large_err)]
     pub fn push(&self, pending: Pending<P>) -> Result<(), Refused<P>> {
         let mut queue = self.lock();
         let refusal = if let Some(reason) = &queue.failed {

@@ -432,7 +432,7 @@ impl HeldJob {
             delivery,
         } = self;
         let job_id = id.to_string();
-        tokio::pin!(ticket);
+        let mut ticket = ticket;
         let mut watching_start = true;
         let result = loop {
             tokio::select! {
