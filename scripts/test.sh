@@ -20,5 +20,8 @@ export MODALKIT_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
 export MODALKIT_TEST_MOTO_SERVER="$PWD/.venv-moto/bin/moto_server"
 export MODALKIT_TEST_MODAL_PYTHON="$PWD/.venv-modal/bin/python"
 
+rm -rf target/test-reports
 cargo test --workspace --locked "$@"
+# Figures some tests measure (e.g. the durable kill test), for the log.
+cat target/test-reports/*.txt 2>/dev/null || true
 scripts/test-modal.sh

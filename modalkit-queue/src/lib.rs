@@ -21,4 +21,4 @@ pub use error::QueueError;
 pub use memory::InMemoryQueue;
 pub use registry::BackendRegistry;
 #[cfg(feature = "sqs")]
-pub use sqs::{JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, ReceivedMessage, SqsOptions, SqsQueue};
+pub use sqs::{JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, Outgoing, ReceivedMessage, SqsOptions, SqsQueue};

@@ -39,6 +39,21 @@ pub const JOB_ID_ATTRIBUTE: &str = "job_id";
 /// The message attribute that names the model an input message is for.
 pub const MODEL_ATTRIBUTE: &str = "model";
 
+/// A message to send, with what SQS needs besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The body (a JSON document).
+    pub body: &'a str,
+    /// FIFO queues: the deduplication id (the same across retries of one
+    /// message).
+    pub dedup_id: &'a str,
+    /// FIFO queues: the message group; `None`: [`FIFO_MESSAGE_GROUP`].
+    /// Messages of one group are received in order, one batch at a time.
+    pub group_id: Option<&'a str>,
+    /// String message attributes.
+    pub attributes: &'a [(&'a str, &'a str)],
+}
+
 /// One received message.
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {
@@ -137,19 +152,28 @@ impl SqsQueue {
     }
 
     async fn send(&self, queue: &str, message: &str, dedup_id: &str) -> Result<(), QueueError> {
-        self.send_with_attributes(queue, message, dedup_id, &[])
-            .await
+        let outgoing = Outgoing {
+            body: message,
+            dedup_id,
+            group_id: None,
+            attributes: &[],
+        };
+        self.send_outgoing(queue, outgoing).await
     }
 
-    /// Sends `message` with string message attributes; on a FIFO queue
-    /// `dedup_id` is the deduplication id. Returns once SQS acknowledged it.
-    pub async fn send_with_attributes(
+    /// Sends one message; returns once SQS acknowledged it. A missing
+    /// queue is created; oversized messages fail at once.
+    pub async fn send_outgoing(
         &self,
         queue: &str,
-        message: &str,
-        dedup_id: &str,
-        attributes: &[(&str, &str)],
+        outgoing: Outgoing<'_>,
     ) -> Result<(), QueueError> {
+        let Outgoing {
+            body: message,
+            dedup_id,
+            group_id,
+            attributes,
+        } = outgoing;
         if message.len() > SQS_MAX_MESSAGE_BYTES {
             return Err(QueueError::TooLarge {
                 queue: queue.to_owned(),
@@ -177,7 +201,7 @@ impl SqsQueue {
             }
             if is_fifo(queue) {
                 request = request
-                    .message_group_id(FIFO_MESSAGE_GROUP)
+                    .message_group_id(group_id.unwrap_or(FIFO_MESSAGE_GROUP))
                     .message_deduplication_id(dedup_id);
             }
             match request.send().await {
@@ -294,8 +318,13 @@ impl QueueBackend for SqsQueue {
         message: &str,
         job_id: &str,
     ) -> Result<(), QueueError> {
-        self.send_with_attributes(queue, message, job_id, &[(JOB_ID_ATTRIBUTE, job_id)])
-            .await
+        let outgoing = Outgoing {
+            body: message,
+            dedup_id: job_id,
+            group_id: None,
+            attributes: &[(JOB_ID_ATTRIBUTE, job_id)],
+        };
+        self.send_outgoing(queue, outgoing).await
     }
 }
 

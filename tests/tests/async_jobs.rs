@@ -383,3 +383,24 @@ async fn dead_letters_go_to_the_queue_and_fall_back_to_the_file() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_jobs_run_through_a_fifo_input_queue() {
+    let moto = Moto::shared();
+    let input = format!("{}.fifo", unique_queue("fifo-in"));
+    let (table, done) = (unique_queue("fifo-jobs"), unique_queue("fifo-ok"));
+    let server = durable_server(moto, &durable_yaml(&input, &table, "")).await;
+    let http = client();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let body = json!({"message": {"text": format!("f{i}")}, "success_queue": done});
+        ids.push(submit(&http, &server, &body).await);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let record = wait_for(&http, &server, id, &["succeeded"]).await;
+        assert_eq!(record["output"]["echo"], json!(format!("F{i}")));
+    }
+    let delivered = collect_messages(&moto.sqs(), &done, 5, Duration::from_secs(10)).await;
+    assert_eq!(delivered.len(), 5, "{delivered:?}");
+    server.shutdown().await;
+}

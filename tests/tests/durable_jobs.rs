@@ -304,7 +304,7 @@ async fn three_hundred_jobs_survive_a_killed_process_and_are_visible_from_both()
         .filter(|id| !deliveries.contains_key(*id))
         .collect();
     assert!(missing.is_empty());
-    println!(
+    let report = format!(
         "durable kill test: {JOBS} submitted, {accepted} accepted ({refused} refused while a process was down), \
          {in_flight} messages in flight at the kill, \
          {} delivered ({} success, {} failure, {unanswered} of jobs whose reply the kill cut off), \
@@ -315,4 +315,10 @@ async fn three_hundred_jobs_survive_a_killed_process_and_are_visible_from_both()
         delivered_err.len(),
         recovered_after.as_secs_f64()
     );
+
+    println!("{report}");
+    // Kept for the CI log: scripts/test.sh prints it after the tests.
+    let reports = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    std::fs::write(reports.join("durable-kill.txt"), format!("{report}\n")).unwrap();
 }

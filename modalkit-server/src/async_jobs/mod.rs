@@ -477,17 +477,20 @@ async fn send_to_input_queue(
     let body = serde_json::to_string(envelope)
         .map_err(|err| ApiError::Internal(format!("cannot encode the job: {err}")))?;
     let job_id = id.to_string();
-    sqs.send_with_attributes(
-        queue,
-        &body,
-        &job_id,
-        &[
-            (modalkit_queue::JOB_ID_ATTRIBUTE, &job_id),
+    // Each job is its own FIFO group: jobs need no order among themselves,
+    // and one group would let a FIFO queue hand out one job at a time.
+    let outgoing = modalkit_queue::Outgoing {
+        body: &body,
+        dedup_id: &job_id,
+        group_id: Some(&job_id),
+        attributes: &[
+            (modalkit_queue::JOB_ID_ATTRIBUTE, job_id.as_str()),
             (modalkit_queue::MODEL_ATTRIBUTE, model),
         ],
-    )
-    .await
-    .map_err(|err| ApiError::Unavailable(format!("the input queue did not take the job: {err}")))
+    };
+    sqs.send_outgoing(queue, outgoing).await.map_err(|err| {
+        ApiError::Unavailable(format!("the input queue did not take the job: {err}"))
+    })
 }
 
 impl From<StoreError> for ApiError {
