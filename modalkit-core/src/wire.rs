@@ -104,28 +104,76 @@ pub struct AsyncOutput {
     pub job_id: String,
 }
 
-/// What goes to the failure queue when an async item fails.
+/// What goes to the failure queue when an async job failed as a whole (its
+/// batch raised, its deadline passed, it was cancelled), as modalkit's
+/// `DelayedFailureOutputModel`: `{"status":"error","error",
+/// "original_message": <the whole AsyncInput>}`. An item that failed alone
+/// sends its [`InferenceOutput`] instead.
+///
+/// ```
+/// use modalkit_core::wire::{AsyncInput, DelayedFailure};
+/// let envelope: AsyncInput<serde_json::Value> =
+///     serde_json::from_str(r#"{"message":{"text":"x"},"failure_queue":"f"}"#).unwrap();
+/// let failure = DelayedFailure::new("boom", envelope);
+/// assert_eq!(
+///     serde_json::to_string(&failure).unwrap(),
+///     r#"{"status":"error","error":"boom","original_message":{"message":{"text":"x"},"success_queue":"","failure_queue":"f","meta":{}}}"#
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DelayedFailure {
     /// Always `error`.
     pub status: Status,
     /// Why it failed.
     pub error: String,
-    /// The request's metadata.
-    #[serde(default)]
-    pub meta: Meta,
-    /// The request's `message`, as received.
-    pub original_message: Value,
+    /// The request: message (as received), queues and meta.
+    pub original_message: AsyncInput<Value>,
 }
 
 impl DelayedFailure {
-    /// A failure record for `original_message`.
-    pub fn new(error: impl Into<String>, meta: Meta, original_message: Value) -> Self {
+    /// A failure record for the request `original_message`.
+    pub fn new(error: impl Into<String>, original_message: AsyncInput<Value>) -> Self {
         DelayedFailure {
             status: Status::Error,
             error: error.into(),
-            meta,
             original_message,
+        }
+    }
+}
+
+/// What goes to the success queue, as modalkit's
+/// `output.model_dump_json(exclude={"error"})`: `status`, the output's own
+/// fields in their order, then `meta`.
+///
+/// ```
+/// use modalkit_core::wire::SuccessMessage;
+/// #[derive(serde::Serialize)]
+/// struct Out { label: String, score: f64 }
+/// let meta = serde_json::from_str(r#"{"b":1,"a":2}"#).unwrap();
+/// let out = Out { label: "A".into(), score: 0.5 };
+/// assert_eq!(
+///     serde_json::to_string(&SuccessMessage::new(&out, &meta)).unwrap(),
+///     r#"{"status":"success","label":"A","score":0.5,"meta":{"b":1,"a":2}}"#
+/// );
+/// ```
+#[derive(Debug, Serialize)]
+pub struct SuccessMessage<'a, T> {
+    /// Always `success`.
+    pub status: Status,
+    /// The pipeline's output, flattened.
+    #[serde(flatten)]
+    pub output: &'a T,
+    /// The request's metadata.
+    pub meta: &'a Meta,
+}
+
+impl<'a, T> SuccessMessage<'a, T> {
+    /// The success message for `output` of a request with `meta`.
+    pub fn new(output: &'a T, meta: &'a Meta) -> Self {
+        SuccessMessage {
+            status: Status::Success,
+            output,
+            meta,
         }
     }
 }

@@ -81,15 +81,14 @@ fn async_output_and_delayed_failure_exact_json() {
         reply
     );
 
-    let failure = DelayedFailure::new(
-        "model exploded",
-        meta(json!({"id": 1})),
-        json!({"text": "boom"}),
-    );
+    let envelope: AsyncInput<Value> =
+        serde_json::from_str(r#"{"message":{"text":"boom"},"failure_queue":"f","meta":{"id":1}}"#)
+            .unwrap();
+    let failure = DelayedFailure::new("model exploded", envelope);
     let text = serde_json::to_string(&failure).unwrap();
     assert_eq!(
         text,
-        r#"{"status":"error","error":"model exploded","meta":{"id":1},"original_message":{"text":"boom"}}"#
+        r#"{"status":"error","error":"model exploded","original_message":{"message":{"text":"boom"},"success_queue":"","failure_queue":"f","meta":{"id":1}}}"#
     );
     assert_eq!(
         serde_json::from_str::<DelayedFailure>(&text).unwrap(),

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod delivery;
 pub mod error;
+pub mod lazy;
 pub mod memory;
 pub mod registry;
 #[cfg(feature = "sqs")]
@@ -18,6 +19,7 @@ pub mod sqs;
 pub use backend::QueueBackend;
 pub use delivery::{DeadLetterFile, Delivery, Outcome, RetryPolicy, dead_letter_record};
 pub use error::QueueError;
+pub use lazy::LazyBackend;
 pub use memory::InMemoryQueue;
 pub use registry::BackendRegistry;
 #[cfg(feature = "sqs")]

@@ -88,7 +88,7 @@ pub fn run_with<P: InferencePipeline>(options: ServerOptions) -> ExitCode {
                 .cloned()
                 .collect();
             let doc = crate::openapi::document::<P>(
-                &modalkit_core::settings::app_name(&settings, None),
+                &modalkit_core::settings::app_name_from_env(&settings),
                 &names,
             );
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

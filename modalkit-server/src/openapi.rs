@@ -77,7 +77,7 @@ pub fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                     "description": "Resubmitting the same request with the same key within the job TTL returns the first job_id and computes once; the key with another request is a 422."}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": async_input}}},
-                "responses": with_errors(("202", json!({"description": "Accepted.",
+                "responses": with_errors(("200", json!({"description": "Accepted (200, as modalkit answers).",
                     "content": {"application/json": {"schema": async_output}}})), &["400", "401", "404", "413", "415", "422", "503"])
             }},
             "/jobs/{job_id}": {"get": {

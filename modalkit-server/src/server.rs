@@ -147,12 +147,16 @@ impl<P: InferencePipeline> Server<P> {
                 Arc::new(sqs_for(&options.aws_config).await)
             }
             None => {
-                options
-                    .registry
-                    .clone()
-                    .unwrap_or_default()
-                    .build(queue_config)
-                    .await?
+                #[cfg(not(feature = "sqs"))]
+                if queue_config.backend == "sqs" {
+                    tracing::warn!(
+                        "queue_config.backend is sqs (modalkit's default), which this binary was built without: results for jobs that name a queue will be dead-lettered; enable the `sqs` feature or set queue_config.backend"
+                    );
+                }
+                Arc::new(modalkit_queue::LazyBackend::new(
+                    options.registry.clone().unwrap_or_default(),
+                    queue_config.clone(),
+                )?)
             }
         };
         let delivery = Arc::new(
@@ -167,10 +171,20 @@ impl<P: InferencePipeline> Server<P> {
             Some(store) => store,
             None => build_job_store(&settings, &aws_options).await?,
         };
+        // As modalkit: with `secure: true`, Modal's proxy authenticates and
+        // the auth_config key is neither checked nor read from SSM.
+        let secure = app.deployment_config.secure;
+        if secure && (app.auth_config.api_key.is_some() || app.auth_config.ssm_key.is_some()) {
+            tracing::warn!(
+                "deployment_config.secure is true: Modal's proxy auth (Modal-Key/Modal-Secret) protects the app; auth_config's api_key/ssm_key is ignored, as in modalkit"
+            );
+        }
+        let configured_key = app.auth_config.api_key.clone().filter(|_| !secure);
+        let ssm_key = app.auth_config.ssm_key.clone().filter(|_| !secure);
         #[cfg_attr(not(feature = "sqs"), allow(unused_mut))]
-        let mut key = options.api_key.or_else(|| app.auth_config.api_key.clone());
+        let mut key = options.api_key.or(configured_key);
         #[cfg(feature = "sqs")]
-        if let (None, Some(parameter)) = (&key, &app.auth_config.ssm_key) {
+        if let (None, Some(parameter)) = (&key, &ssm_key) {
             let aws = match &options.aws_config {
                 Some(config) => config.clone(),
                 None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
@@ -179,7 +193,7 @@ impl<P: InferencePipeline> Server<P> {
             tracing::info!(parameter = %parameter, "API key read from SSM");
         }
         #[cfg(not(feature = "sqs"))]
-        if let (None, Some(parameter)) = (&key, &app.auth_config.ssm_key) {
+        if let (None, Some(parameter)) = (&key, &ssm_key) {
             return Err(not_compiled("app_settings.auth_config.ssm_key", parameter));
         }
         let api_key = match key {
@@ -190,6 +204,12 @@ impl<P: InferencePipeline> Server<P> {
             None => None,
         };
 
+        if settings.model_settings.model_entries.is_empty() {
+            return Err(modalkit_core::Error::config(
+                "model_settings.model_entries: empty; add at least one model to serve (modalkit loads such a file, but there is nothing to serve)",
+            )
+            .into());
+        }
         let config = BatcherConfig::from_settings(&settings);
         let mut models = BTreeMap::new();
         for name in settings.model_settings.model_entries.keys() {
@@ -270,7 +290,7 @@ impl<P: InferencePipeline> Server<P> {
             server_config.job_ttl_seconds as f64,
         ));
         let openapi = crate::openapi::document::<P>(
-            &modalkit_core::settings::app_name(&settings, None),
+            &modalkit_core::settings::app_name_from_env(&settings),
             &model_names,
         );
         let state = Arc::new(AppState {

@@ -19,9 +19,16 @@ use crate::pipeline::EchoPipeline;
 
 /// A yaml config for one echo model named `model`, with `extra` lines
 /// appended under `app_settings` (indented by the caller).
+/// Unless `app_extra` sets a `queue_config`, results go to the in-memory
+/// backend (modalkit's default, `sqs`, is for tests that ask for it).
 pub fn config_yaml(model: &str, app_extra: &str) -> String {
+    let queue = if app_extra.contains("queue_config") {
+        ""
+    } else {
+        "  queue_config: {backend: memory}\n"
+    };
     format!(
-        "app_settings:\n  app_prefix: e2e\n{app_extra}\nmodel_settings:\n  model_entries:\n    {model}: {{}}\n"
+        "app_settings:\n  app_prefix: e2e\n{queue}{app_extra}\nmodel_settings:\n  model_entries:\n    {model}: {{}}\n"
     )
 }
 

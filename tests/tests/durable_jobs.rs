@@ -256,7 +256,9 @@ async fn three_hundred_jobs_survive_a_killed_process_and_are_visible_from_both()
             // left: it still runs, though its client saw an error.
             let text = body["echo"]
                 .as_str()
-                .or(body["original_message"]["text"].as_str())
+                .or(body["original_message"]["message"]["text"].as_str())
+                // An item that failed alone: "item 'job7' was asked to fail".
+                .or(body["error"].as_str().and_then(|e| e.split('\'').nth(1)))
                 .unwrap_or_default()
                 .to_lowercase();
             let i: usize = text.trim_start_matches("job").parse().unwrap_or(usize::MAX);

@@ -1,6 +1,8 @@
 //! Settings: modalkit's `modalkit.yaml` schema plus a `server_config` section,
 //! merged from defaults, files, `.env` and `MODALKIT_` environment variables,
-//! then validated.
+//! then validated. Files are read as PyYAML reads them (YAML 1.1) and values
+//! typed as pydantic does, so a modalkit user's files and variables load
+//! unchanged.
 //!
 //! ```
 //! use modalkit_core::settings::{ConfigSources, Settings};
@@ -13,10 +15,12 @@
 //! assert_eq!(settings.app_settings.batch_config.max_batch_size, 64);
 //! ```
 
+mod lax;
 mod load;
 mod schema;
 mod sources;
+pub mod yaml;
 
-pub use load::{APP_POSTFIX_ENV, app_name, redacted};
+pub use load::{APP_POSTFIX_ENV, Loaded, app_name, app_name_from_env, redacted};
 pub use schema::*;
-pub use sources::{ConfigSources, KeyValueProvider};
+pub use sources::{ConfigSources, KeyValue, dotenv_key_values, key_path, key_values};

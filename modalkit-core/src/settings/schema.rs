@@ -1,6 +1,7 @@
 //! The settings structs: modalkit's schema, field for field, plus
-//! `app_settings.server_config`. Unknown keys are rejected everywhere except
-//! in the free-form maps (`common`, `model_entries`, `env`, `volumes`).
+//! `app_settings.server_config` and the async-job fields of `queue_config`.
+//! Unknown keys load with a warning (see `lax.rs`), as modalkit ignores
+//! them; `null` for a field means its default.
 
 use std::collections::BTreeMap;
 
@@ -57,9 +58,10 @@ pub struct AppSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// The API key clients must send; none: no auth.
+    /// The API key clients must send; none: no auth. A key under 8
+    /// characters loads with a warning (modalkit accepts it).
     #[serde(default)]
-    #[garde(inner(length(min = 8)))]
+    #[garde(inner(length(min = 1)))]
     pub api_key: Option<String>,
     /// An AWS SSM parameter holding the API key.
     #[serde(default)]
@@ -239,28 +241,36 @@ pub struct CloudBucketMount {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Most items in one batch (1..=1000).
+    /// Most items in one batch (1..=1000). Left out of a `batch_config`
+    /// that is given: 1, as in modalkit.
     #[serde(default = "default_max_batch_size")]
     #[garde(range(min = 1, max = 1000))]
     pub max_batch_size: usize,
-    /// Longest an item waits for its batch to fill, from its arrival (< 600000).
+    /// Longest an item waits for its batch to fill, from its arrival (<
+    /// 600000). Left out of a `batch_config` that is given: 0, as in
+    /// modalkit.
     #[serde(default = "default_wait_ms")]
     #[garde(range(max = 599_999))]
     pub wait_ms: u64,
 }
 
+/// modalkit's field defaults, for a `batch_config` given in part.
 fn default_max_batch_size() -> usize {
-    32
+    1
 }
 fn default_wait_ms() -> u64 {
-    5
+    0
 }
+
+/// Without any `batch_config` (modalkit requires one), the server batches.
+const UNCONFIGURED_MAX_BATCH_SIZE: usize = 32;
+const UNCONFIGURED_WAIT_MS: u64 = 5;
 
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_batch_size: default_max_batch_size(),
-            wait_ms: default_wait_ms(),
+            max_batch_size: UNCONFIGURED_MAX_BATCH_SIZE,
+            wait_ms: UNCONFIGURED_WAIT_MS,
         }
     }
 }
@@ -357,8 +367,10 @@ fn default_input_max_in_flight() -> usize {
     64
 }
 
+/// modalkit's default. The backend is built on the first send, so a server
+/// whose jobs name no queue never needs SQS.
 fn default_backend() -> String {
-    "memory".to_owned()
+    "sqs".to_owned()
 }
 fn default_max_attempts() -> u32 {
     8
@@ -529,8 +541,9 @@ pub struct ModelSettings {
     #[garde(skip)]
     pub common: Map<String, Value>,
     /// One entry per served model, free-form for the pipeline.
+    /// Empty loads with a warning (modalkit accepts it); `serve` refuses it.
     #[serde(default)]
-    #[garde(length(min = 1), custom(model_names_are_valid))]
+    #[garde(custom(model_names_are_valid))]
     pub model_entries: BTreeMap<String, Value>,
 }
 

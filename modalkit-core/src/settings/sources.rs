@@ -1,12 +1,10 @@
 //! Where settings come from: config files, a `.env` file and `MODALKIT_`
-//! environment variables. Env-style keys become nested paths
+//! environment variables (any case). Env-style keys become nested paths
 //! (`MODALKIT_APP_SETTINGS__BATCH_CONFIG__MAX_BATCH_SIZE` ->
-//! `app_settings.batch_config.max_batch_size`).
+//! `app_settings.batch_config.max_batch_size`); a whole section can be one
+//! JSON value (`MODALKIT_APP_SETTINGS__BATCH_CONFIG='{"wait_ms": 5}'`).
 
 use std::path::{Path, PathBuf};
-
-use figment::value::{Dict, Map, Value};
-use figment::{Error as FigmentError, Metadata, Profile, Provider};
 
 /// Prefix of every settings variable.
 pub const ENV_PREFIX: &str = "MODALKIT_";
@@ -81,86 +79,63 @@ pub fn split_file_list(list: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A figment provider over `MODALKIT_` key/value pairs, from the process
-/// environment or a `.env` file.
-#[derive(Debug, Clone)]
-pub struct KeyValueProvider {
-    name: String,
-    source: Option<PathBuf>,
-    pairs: Vec<(String, String)>,
+/// One setting from an environment variable or a `.env` line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyValue {
+    /// The settings path, e.g. `["app_settings", "batch_config", "wait_ms"]`.
+    pub path: Vec<String>,
+    /// The value: the text as given (typed later by the field it lands in,
+    /// as pydantic-settings does), or parsed JSON when the text is a JSON
+    /// object or array.
+    pub value: serde_json::Value,
+    /// The variable's name as given.
+    pub name: String,
 }
 
-impl KeyValueProvider {
-    /// Pairs from the environment.
-    pub fn environment(pairs: Vec<(String, String)>) -> Self {
-        KeyValueProvider {
-            name: "environment variable".to_owned(),
-            source: None,
-            pairs,
-        }
-    }
-
-    /// Pairs read from a `.env` file; a missing file gives none.
-    pub fn dotenv(path: &Path) -> Result<Self, String> {
-        let pairs = match dotenv_pairs(path) {
-            Ok(pairs) => pairs,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(format!("{}: {err}", path.display())),
-        };
-        Ok(KeyValueProvider {
-            name: ".env file".to_owned(),
-            source: Some(path.to_path_buf()),
-            pairs,
+/// The settings among `(name, value)` pairs: names start with `MODALKIT_`
+/// (any case, as pydantic-settings matches them) followed by
+/// `APP_SETTINGS` or `MODEL_SETTINGS` and `__`-separated keys.
+///
+/// ```
+/// use modalkit_core::settings::key_values;
+/// let found = key_values(&[("modalkit_app_settings__build_config__tag".into(), "3.10".into())]);
+/// assert_eq!(found[0].path, ["app_settings", "build_config", "tag"]);
+/// assert_eq!(found[0].value, serde_json::json!("3.10"));
+/// ```
+pub fn key_values(pairs: &[(String, String)]) -> Vec<KeyValue> {
+    pairs
+        .iter()
+        .filter_map(|(name, raw)| {
+            let path = key_path(name)?;
+            let trimmed = raw.trim_start();
+            let json = (trimmed.starts_with('{') || trimmed.starts_with('['))
+                .then(|| serde_json::from_str::<serde_json::Value>(raw).ok())
+                .flatten();
+            Some(KeyValue {
+                path,
+                value: json.unwrap_or_else(|| serde_json::Value::from(raw.clone())),
+                name: name.clone(),
+            })
         })
-    }
-
-    /// The settings key path for an env-style name, if it is one.
-    pub fn key_path(name: &str) -> Option<String> {
-        let rest = name.strip_prefix(ENV_PREFIX)?;
-        let lower = rest.to_ascii_lowercase();
-        if !(lower.starts_with("app_settings__") || lower.starts_with("model_settings__")) {
-            return None;
-        }
-        Some(lower.split("__").collect::<Vec<_>>().join("."))
-    }
+        .collect()
 }
 
-impl Provider for KeyValueProvider {
-    fn metadata(&self) -> Metadata {
-        let mut meta = Metadata::named(self.name.clone());
-        if let Some(path) = &self.source {
-            meta = meta.source(figment::Source::File(path.clone()));
-        }
-        meta.interpolater(|_: &Profile, keys: &[&str]| {
-            format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
-        })
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, FigmentError> {
-        let mut dict = Dict::new();
-        for (name, raw) in &self.pairs {
-            let Some(path) = Self::key_path(name) else {
-                continue;
-            };
-            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
-            let nested = figment::util::nest(&path, value)
-                .into_dict()
-                .ok_or_else(|| FigmentError::from(format!("bad key {name}")))?;
-            dict = merge(dict, nested);
-        }
-        Ok(Profile::Default.collect(dict))
-    }
+/// The settings key path for an env-style name, if it is one.
+pub fn key_path(name: &str) -> Option<Vec<String>> {
+    let lower = name.to_ascii_lowercase();
+    let rest = lower.strip_prefix(&ENV_PREFIX.to_ascii_lowercase())?;
+    let path: Vec<String> = rest.split("__").map(str::to_owned).collect();
+    let section_ok = matches!(path[0].as_str(), "app_settings" | "model_settings");
+    (section_ok && path.iter().all(|key| !key.is_empty())).then_some(path)
 }
 
-fn merge(mut base: Dict, other: Dict) -> Dict {
-    for (key, value) in other {
-        let merged = match (base.remove(&key), value) {
-            (Some(Value::Dict(tag, a)), Value::Dict(_, b)) => Value::Dict(tag, merge(a, b)),
-            (_, value) => value,
-        };
-        base.insert(key, merged);
+/// The `.env` file's settings; a missing file has none.
+pub fn dotenv_key_values(path: &Path) -> Result<Vec<KeyValue>, String> {
+    match dotenv_pairs(path) {
+        Ok(pairs) => Ok(key_values(&pairs)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(format!("{}: {err}", path.display())),
     }
-    base
 }
 
 /// Reads `KEY=value` lines: `#` comments, optional `export `, optional quotes.

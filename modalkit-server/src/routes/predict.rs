@@ -136,8 +136,9 @@ pub async fn predict_async<P: InferencePipeline>(
         .jobs
         .accept(&model, envelope, input, idempotency)
         .await?;
+    // 200, as modalkit answers.
     Ok((
-        StatusCode::ACCEPTED,
+        StatusCode::OK,
         Json(AsyncOutput {
             job_id: job_id.to_string(),
         }),
