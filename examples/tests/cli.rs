@@ -61,3 +61,38 @@ fn a_bad_value_fails_start_up_naming_the_field() {
     assert_eq!(code, 1);
     assert!(stderr.contains("max_batch_size"), "{stderr}");
 }
+
+#[test]
+fn check_warns_on_what_modalkit_ignores_and_strict_fails_on_it() {
+    let env = [("MODALKIT_APP_SETTINGS__BATCH_CONFIG__MAX_BATCHSIZE", "8")];
+    let (code, stdout, stderr) = translate(&["check"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("app_settings.batch_config.max_batchsize: unknown key, ignored; did you mean max_batch_size?"),
+        "{stderr}"
+    );
+    assert!(serde_json::from_str::<Value>(&stdout).is_ok());
+    let (code, _, stderr) = translate(&["check", "--strict"], &env);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--strict"), "{stderr}");
+    let (code, _, stderr) = translate(&["check", "--strict"], &[]);
+    assert_eq!(code, 0, "the project's own config is clean: {stderr}");
+}
+
+#[test]
+fn the_openapi_title_carries_the_app_postfix() {
+    let (_, stdout, _) = translate(&["openapi"], &[("MODALKIT_APP_POSTFIX", "-prod")]);
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        doc["info"]["title"].as_str().unwrap().ends_with("-prod"),
+        "{}",
+        doc["info"]
+    );
+    let (_, stdout, _) = translate(&["openapi"], &[]);
+    let doc: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        doc["info"]["title"].as_str().unwrap().ends_with("-dev"),
+        "{}",
+        doc["info"]
+    );
+}

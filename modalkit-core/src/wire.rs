@@ -48,8 +48,9 @@ pub enum Status {
     Error,
 }
 
-/// One item's result: `status`, `error`, `meta`, then the pipeline output's
-/// own fields at the top level.
+/// One item's result: `status`, `error`, `meta` (when not empty), then the
+/// pipeline output's own fields at the top level. Replies to `/predict_sync`
+/// and `/predict_batch` are exactly modalkit's bytes.
 ///
 /// ```
 /// use modalkit_core::wire::InferenceOutput;
@@ -58,7 +59,7 @@ pub enum Status {
 /// let out = InferenceOutput::success(Out { label: "A".into() }, Default::default());
 /// assert_eq!(
 ///     serde_json::to_string(&out).unwrap(),
-///     r#"{"status":"success","error":null,"meta":{},"label":"A"}"#
+///     r#"{"status":"success","error":null,"label":"A"}"#
 /// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -67,8 +68,9 @@ pub struct InferenceOutput<T> {
     pub status: Status,
     /// Why the item failed; `null` on success.
     pub error: Option<String>,
-    /// The request's metadata (async) or `{}`.
-    #[serde(default)]
+    /// The request's metadata; left out when empty (sync and batch
+    /// replies), as modalkit's replies have none.
+    #[serde(default, skip_serializing_if = "Meta::is_empty")]
     pub meta: Meta,
     /// The pipeline's output, flattened; absent on error.
     #[serde(flatten)]
@@ -173,6 +175,39 @@ impl<'a, T> SuccessMessage<'a, T> {
         SuccessMessage {
             status: Status::Success,
             output,
+            meta,
+        }
+    }
+}
+
+/// What goes to the failure queue for an item the pipeline failed alone, as
+/// modalkit sends that item's output: `status`, `error`, then `meta`
+/// (always, even when empty).
+///
+/// ```
+/// use modalkit_core::wire::ItemFailureMessage;
+/// let meta = Default::default();
+/// assert_eq!(
+///     serde_json::to_string(&ItemFailureMessage::new("bad", &meta)).unwrap(),
+///     r#"{"status":"error","error":"bad","meta":{}}"#
+/// );
+/// ```
+#[derive(Debug, Serialize)]
+pub struct ItemFailureMessage<'a> {
+    /// Always `error`.
+    pub status: Status,
+    /// Why the item failed.
+    pub error: &'a str,
+    /// The request's metadata.
+    pub meta: &'a Meta,
+}
+
+impl<'a> ItemFailureMessage<'a> {
+    /// The failure message of an item with `error`, for a request with `meta`.
+    pub fn new(error: &'a str, meta: &'a Meta) -> Self {
+        ItemFailureMessage {
+            status: Status::Error,
+            error,
             meta,
         }
     }

@@ -37,7 +37,10 @@ fn success_output_flattens_the_pipeline_fields_after_status_error_meta() {
 fn error_output_has_no_pipeline_fields() {
     let out: InferenceOutput<Translation> = InferenceOutput::failure("bad input", Meta::new());
     let text = serde_json::to_string(&out).unwrap();
-    assert_eq!(text, r#"{"status":"error","error":"bad input","meta":{}}"#);
+    assert_eq!(
+        text, r#"{"status":"error","error":"bad input"}"#,
+        "as modalkit's replies: no meta"
+    );
     let back: InferenceOutput<Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(back.status, Status::Error);
     assert_eq!(back.error.as_deref(), Some("bad input"));

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use modalkit_core::settings::{ConfigSources, redacted};
+use modalkit_core::settings::{ConfigSources, Loaded, redacted};
 use modalkit_core::{InferencePipeline, Settings};
 
 use crate::server::{Server, ServerOptions};
@@ -36,23 +36,42 @@ pub struct Cli {
 pub enum Command {
     /// Load the models and serve HTTP (the default).
     Serve,
-    /// Validate the config and print it merged, as JSON, secrets redacted.
-    Check,
+    /// Validate the config and print it merged, as JSON, secrets redacted;
+    /// warnings (keys modalkit would ignore, a short API key, no models) go
+    /// to stderr.
+    Check {
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Print the OpenAPI document.
     Openapi,
 }
 
 impl Cli {
-    /// Loads settings from the sources this command line names.
+    /// Loads settings from the sources this command line names, logging
+    /// their warnings.
     pub fn settings(&self) -> Result<Settings, modalkit_core::Error> {
-        let mut settings = Settings::load(&ConfigSources::from_process(self.config.as_deref()))?;
+        let loaded = self.settings_with_warnings()?;
+        for warning in &loaded.warnings {
+            tracing::warn!("config: {warning}");
+        }
+        Ok(loaded.settings)
+    }
+
+    /// Loads settings and their warnings from the sources this command line
+    /// names.
+    pub fn settings_with_warnings(&self) -> Result<Loaded, modalkit_core::Error> {
+        let mut loaded =
+            Settings::load_with_warnings(&ConfigSources::from_process(self.config.as_deref()))?;
+        let settings = &mut loaded.settings;
         if let Some(host) = &self.host {
             settings.app_settings.server_config.host = host.clone();
         }
         if let Some(port) = self.port {
             settings.app_settings.server_config.port = port;
         }
-        Ok(settings)
+        Ok(loaded)
     }
 }
 
@@ -65,19 +84,26 @@ pub fn run<P: InferencePipeline>() -> ExitCode {
 pub fn run_with<P: InferencePipeline>(options: ServerOptions) -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init_tracing();
-    let settings = match cli.settings() {
-        Ok(settings) => settings,
+    let Loaded { settings, warnings } = match cli.settings_with_warnings() {
+        Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(EXIT_STARTUP_FAILED);
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Check => {
+        Command::Check { strict } => {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}",
                 serde_json::to_string_pretty(&redacted(&settings)).unwrap_or_default()
             );
+            if strict && !warnings.is_empty() {
+                eprintln!("error: {} warning(s) and --strict", warnings.len());
+                return ExitCode::from(EXIT_STARTUP_FAILED);
+            }
             ExitCode::SUCCESS
         }
         Command::Openapi => {
@@ -94,7 +120,12 @@ pub fn run_with<P: InferencePipeline>(options: ServerOptions) -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Command::Serve => serve::<P>(settings, options),
+        Command::Serve => {
+            for warning in &warnings {
+                tracing::warn!("config: {warning}");
+            }
+            serve::<P>(settings, options)
+        }
     }
 }
 

@@ -37,7 +37,7 @@ async fn predict_sync_returns_modalkit_output() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        json!({"status": "success", "error": null, "meta": {}, "echo": "HIHI", "batch_size": 1, "worker": 0})
+        json!({"status": "success", "error": null, "echo": "HIHI", "batch_size": 1, "worker": 0})
     );
     // model_name may be given explicitly too.
     let (status, body) = post_json(
@@ -61,7 +61,7 @@ async fn predict_sync_item_error_is_200_with_status_error_and_batch_failure_is_5
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        json!({"status": "error", "error": "item 'bad' was asked to fail", "meta": {}})
+        json!({"status": "error", "error": "item 'bad' was asked to fail"})
     );
     let (status, body) = post_json(
         &client(),
@@ -887,6 +887,45 @@ async fn an_input_the_pipeline_calls_invalid_is_422_alone_and_an_error_item_in_a
     assert_eq!(body[0]["status"], "success");
     assert_eq!(
         body[1],
-        json!({"status": "error", "error": "item 'odd' is not a valid input", "meta": {}})
+        json!({"status": "error", "error": "item 'odd' is not a valid input"})
     );
+}
+
+#[tokio::test]
+async fn secure_deployments_leave_auth_to_modals_proxy_as_modalkit_does() {
+    // modalkit: with secure: true the key is neither checked nor read from SSM.
+    let server = server(
+        "echo-secure",
+        "  auth_config: {api_key: sekrit-key-42, ssm_key: /never/read}\n  deployment_config: {secure: true}",
+    )
+    .await;
+    let (status, body) = post_json(
+        &client(),
+        &server.url("/predict_sync"),
+        &json!({"text": "a"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn modalkits_default_backend_is_only_built_when_a_job_names_a_queue() {
+    // No queue_config: the backend is sqs, as in modalkit. A job that names
+    // no queue runs and is recorded without ever reaching for SQS.
+    let yaml =
+        "app_settings:\n  app_prefix: e2e\nmodel_settings:\n  model_entries:\n    echo: {}\n";
+    let settings = settings_from_yaml(yaml);
+    assert_eq!(settings.app_settings.queue_config.backend, "sqs");
+    let server = TestServer::start(settings).await;
+    let http = client();
+    let (status, body) = post_json(
+        &http,
+        &server.url("/predict_async"),
+        &json!({"message": {"text": "quiet"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let job = poll_job(&http, &server, body["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["output"]["echo"], "QUIET");
 }

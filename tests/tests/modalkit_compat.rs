@@ -59,11 +59,17 @@ fn chain(dir: &Path, name: &str) -> Vec<PathBuf> {
     files
 }
 
+/// Environment variables of a case.
+type EnvVars = Vec<(&'static str, &'static str)>;
+
+/// A settings case: the files it loads and its environment variables.
+type Case = (Vec<PathBuf>, Vec<(String, String)>);
+
 /// Our own cases: (name, yaml, env). Each yaml is written to a file.
-fn own_cases() -> Vec<(&'static str, String, Vec<(&'static str, &'static str)>)> {
+fn own_cases() -> Vec<(&'static str, String, EnvVars)> {
     let base = std::fs::read_to_string(workspace().join("tests/fixtures/modalkit-yaml/base.yaml"))
         .unwrap();
-    let env_case = |name, vars: Vec<(&'static str, &'static str)>| (name, base.clone(), vars);
+    let env_case = |name, vars: EnvVars| (name, base.clone(), vars);
     vec![
         ("yaml-1.1 scalars", base.replace("  common: {}", "  common: {use_fp16: yes, strict: off, mode: 0755, big: 1_000, ratio: 0.5, quoted: 'on', nothing: ~}")
             .replace("    volumes: {}", "    volumes: {}\n    secure: yes"), vec![]),
@@ -111,10 +117,11 @@ const MODALKIT_DEFAULTS: &[(&str, &str)] = &[
 
 /// One value as modalkit's model_dump and ours should agree on it.
 fn normalize(path: &str, value: &Value, ours: bool) -> Value {
-    if ours && value.is_null() {
-        if let Some((_, default)) = MODALKIT_DEFAULTS.iter().find(|(p, _)| *p == path) {
-            return serde_json::from_str(default).unwrap();
-        }
+    if ours
+        && value.is_null()
+        && let Some((_, default)) = MODALKIT_DEFAULTS.iter().find(|(p, _)| *p == path)
+    {
+        return serde_json::from_str(default).unwrap();
     }
     match (path, value) {
         (p, Value::Null)
@@ -177,7 +184,7 @@ fn differences(theirs: &Value, ours: &Value, path: &str, out: &mut Vec<String>) 
 async fn settings_and_wire_bytes_match_modalkit_0_2_0() {
     let fixtures = workspace().join("tests/fixtures/modalkit-yaml");
     let scratch = tempfile::tempdir().unwrap();
-    let mut cases: BTreeMap<String, (Vec<PathBuf>, Vec<(String, String)>)> = BTreeMap::new();
+    let mut cases: BTreeMap<String, Case> = BTreeMap::new();
     let mut names: Vec<String> = std::fs::read_dir(&fixtures)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -307,7 +314,7 @@ async fn settings_and_wire_bytes_match_modalkit_0_2_0() {
     }));
 
     let mut problems = Vec::new();
-    let (mut same, mut refused_by_both, mut accepted_beyond) = (0, 0, Vec::new());
+    let (mut same, mut refused_by_both, mut accepted_beyond) = (0, Vec::new(), Vec::new());
     for (name, (files, env)) in &cases {
         let theirs = &answer["settings"][name];
         let loaded = Settings::load_with_warnings(
@@ -334,16 +341,13 @@ async fn settings_and_wire_bytes_match_modalkit_0_2_0() {
             (Some(_), Err(err)) => {
                 problems.push(format!("{name}: modalkit loads it, we refuse: {err}"))
             }
-            (None, Err(_)) => refused_by_both += 1,
-            (None, Ok(_)) => accepted_beyond.push(format!(
-                "{name} ({})",
-                theirs["error"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-            )),
+            (None, Err(_)) => refused_by_both.push(name.clone()),
+            (None, Ok(_)) => {
+                // pydantic's second line names the field it refused.
+                let error = theirs["error"].as_str().unwrap_or_default();
+                let field = error.lines().nth(1).unwrap_or(error);
+                accepted_beyond.push(format!("{name}: {field}"));
+            }
         }
     }
     let mut wire_same = 0;
@@ -362,9 +366,11 @@ async fn settings_and_wire_bytes_match_modalkit_0_2_0() {
     }
     let report = format!(
         "modalkit 0.2.0 differential test: {} settings cases ({fixture_count} of modalkit's yaml files, {own_count} of ours): \
-         {same} load to the same values, {refused_by_both} refused by both, {} loaded by us but refused by modalkit [{}]; \
+         {same} load to the same values, {} refused by both [{}], {} loaded by us but refused by modalkit [{}]; \
          {} wire cases: {wire_same} byte-identical",
         cases.len(),
+        refused_by_both.len(),
+        refused_by_both.join("; "),
         accepted_beyond.len(),
         accepted_beyond.join("; "),
         ours.len(),

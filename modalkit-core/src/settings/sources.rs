@@ -108,9 +108,10 @@ pub fn key_values(pairs: &[(String, String)]) -> Vec<KeyValue> {
         .filter_map(|(name, raw)| {
             let path = key_path(name)?;
             let trimmed = raw.trim_start();
-            let json = (trimmed.starts_with('{') || trimmed.starts_with('['))
-                .then(|| serde_json::from_str::<serde_json::Value>(raw).ok())
-                .flatten();
+            let json = (!inside_free_form_map(&path)
+                && (trimmed.starts_with('{') || trimmed.starts_with('[')))
+            .then(|| serde_json::from_str::<serde_json::Value>(raw).ok())
+            .flatten();
             Some(KeyValue {
                 path,
                 value: json.unwrap_or_else(|| serde_json::Value::from(raw.clone())),
@@ -118,6 +119,22 @@ pub fn key_values(pairs: &[(String, String)]) -> Vec<KeyValue> {
             })
         })
         .collect()
+}
+
+/// The maps whose values are free-form (`dict[str, Any]` or
+/// `dict[str, str]` in modalkit): a variable naming a key inside one sets
+/// that key to the text as given, JSON or not, as pydantic-settings does.
+const FREE_FORM_MAPS: &[&[&str]] = &[
+    &["model_settings", "common"],
+    &["model_settings", "model_entries"],
+    &["app_settings", "build_config", "env"],
+    &["app_settings", "deployment_config", "volumes"],
+];
+
+fn inside_free_form_map(path: &[String]) -> bool {
+    FREE_FORM_MAPS
+        .iter()
+        .any(|map| path.len() > map.len() && path.iter().zip(map.iter()).all(|(a, b)| a == b))
 }
 
 /// The settings key path for an env-style name, if it is one.

@@ -4,7 +4,7 @@
 //! id. Returns what the job store records.
 
 use modalkit_core::Error;
-use modalkit_core::wire::{AsyncInput, DelayedFailure, InferenceOutput, SuccessMessage};
+use modalkit_core::wire::{AsyncInput, DelayedFailure, ItemFailureMessage, SuccessMessage};
 use modalkit_queue::Delivery;
 use serde::Serialize;
 use serde_json::Value;
@@ -45,8 +45,8 @@ pub async fn deliver_outcome<O: Serialize>(
     let (error, text) = match failure {
         // The pipeline failed this item alone: its error output.
         Error::Item(error) | Error::InvalidInput(error) => {
-            let output = InferenceOutput::<()>::failure(error.clone(), envelope.meta.clone());
-            let text = serde_json::to_string(&output).unwrap_or_default();
+            let text = serde_json::to_string(&ItemFailureMessage::new(&error, &envelope.meta))
+                .unwrap_or_default();
             (error, text)
         }
         // The job failed as a whole.
