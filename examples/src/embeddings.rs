@@ -288,6 +288,16 @@ impl InferencePipeline for Embeddings {
         Self::load_folder(&folder, device, entry.max_seq_length)
     }
 
+    /// One full batch of a typical sentence before `/ready`: the first
+    /// batch pays for paging in the weights and growing the buffers.
+    fn warmup_inputs(_ctx: &ModelContext, max_batch_size: usize) -> Vec<EmbeddingInput> {
+        (0..max_batch_size)
+            .map(|i| EmbeddingInput {
+                text: format!("A short warm-up sentence, number {i}, about the weather today."),
+            })
+            .collect()
+    }
+
     fn preprocess(&self, inputs: &[EmbeddingInput]) -> Result<Vec<Vec<u32>>, PipelineError> {
         let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
         self.tokenize(&texts)

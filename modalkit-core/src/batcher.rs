@@ -13,7 +13,7 @@ mod intake;
 mod ticket;
 mod worker;
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,18 @@ pub struct SubmitOptions {
     /// any pipeline code sees it. Returning `false` withdraws the item: it
     /// is never computed and its ticket resolves to [`Error::Cancelled`].
     pub on_start: Option<Box<dyn FnOnce() -> bool + Send>>,
+    /// Filled in when the item's batch starts: how long it queued and how
+    /// big its batch is (for the reply's timing headers).
+    pub timing: Option<Arc<OnceLock<ItemTiming>>>,
+}
+
+/// How an item was batched, recorded when its batch starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemTiming {
+    /// From submit to its batch's start.
+    pub queue: Duration,
+    /// Items in its batch.
+    pub batch_size: usize,
 }
 
 /// The batcher's state as seen from outside.
@@ -209,6 +221,7 @@ impl<P: InferencePipeline> Batcher<P> {
                 .unwrap_or(now + self.shared.config.default_timeout),
             reply,
             on_start: options.on_start,
+            timing: options.timing,
         };
         self.shared.push(pending).map_err(|refused| refused.error)?;
         Ok(Ticket::new(receiver, self.model.clone()))
@@ -235,6 +248,7 @@ impl<P: InferencePipeline> Batcher<P> {
             deadline,
             reply,
             on_start: options.on_start,
+            timing: options.timing,
         };
         loop {
             let room = self.shared.room.notified();

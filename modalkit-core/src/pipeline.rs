@@ -132,6 +132,16 @@ pub trait InferencePipeline: Send + Sync + Sized + 'static {
     fn on_volume_reload(&self) -> Result<(), PipelineError> {
         Ok(())
     }
+
+    /// Inputs to run through the model once it is loaded, before `/ready`
+    /// turns 200, so the first real request does not pay for lazy
+    /// initialisation (kernels compiled, caches and allocator warmed). The
+    /// usual answer is `max_batch_size` copies of a typical input: one full
+    /// batch. Default: none (ready as soon as loaded).
+    fn warmup_inputs(ctx: &ModelContext, max_batch_size: usize) -> Vec<Self::Input> {
+        let _ = (ctx, max_batch_size);
+        Vec::new()
+    }
 }
 
 /// What kind of failure a [`PipelineError`] is; the server maps each kind to

@@ -212,6 +212,7 @@ impl<P: InferencePipeline> Server<P> {
         }
         let config = BatcherConfig::from_settings(&settings);
         let mut models = BTreeMap::new();
+        let loading = Instant::now();
         for name in settings.model_settings.model_entries.keys() {
             let started = Instant::now();
             let (name_owned, config, settings_owned) =
@@ -304,6 +305,11 @@ impl<P: InferencePipeline> Server<P> {
                 async_timeout,
             },
             shutting_down: Default::default(),
+            warmed_up: Default::default(),
+            startup: std::sync::Mutex::new(crate::state::StartupTimes {
+                load_seconds: loading.elapsed().as_secs_f64(),
+                warmup_seconds: None,
+            }),
             openapi: serde_json::to_vec_pretty(&openapi)
                 .unwrap_or_default()
                 .into(),
@@ -356,6 +362,16 @@ impl<P: InferencePipeline> Server<P> {
         let grace = Duration::from_secs_f64(server_config.shutdown_grace_seconds);
         let unready_delay = Duration::from_secs_f64(server_config.unready_delay_seconds);
 
+        // With nothing to warm up, ready before the first request can ask.
+        let warmups = warmup_inputs(&state, &self.settings);
+        if warmups.is_empty() {
+            state
+                .startup
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .warmup_seconds = Some(0.0);
+            state.warmed_up.store(true, Ordering::SeqCst);
+        }
         let (stop_http, mut http_stopped) = watch::channel(false);
         let http = tokio::spawn(async move {
             let result = axum::serve(listener, router)
@@ -385,9 +401,11 @@ impl<P: InferencePipeline> Server<P> {
         let consumer: Option<InputConsumer> = None;
         let reload_state = Arc::clone(&state);
         let reloads = tokio::spawn(reload_on_sighup(reload_state));
+        let warmup = tokio::spawn(warm_up(Arc::clone(&state), warmups));
         let stopped = wait_for_stop(&state, shutdown).await;
         let unready_since = tokio::time::Instant::now();
         reloads.abort();
+        warmup.abort();
         if let Some(consumer) = &consumer {
             consumer.stop_polling();
         }
@@ -403,6 +421,68 @@ impl<P: InferencePipeline> Server<P> {
         tracing::info!(?stopped, "stopped");
         Ok(stopped)
     }
+}
+
+/// Each model's warm-up inputs ([`InferencePipeline::warmup_inputs`]), for
+/// the models that declare any.
+fn warmup_inputs<P: InferencePipeline>(
+    state: &AppState<P>,
+    settings: &Settings,
+) -> Vec<(String, Vec<P::Input>)> {
+    state
+        .models
+        .iter()
+        .map(|(name, batcher)| {
+            let ctx = ModelContext::from_settings(settings, name, 0)
+                .unwrap_or_else(|| ModelContext::for_test(name, serde_json::Value::Null));
+            (
+                name.clone(),
+                P::warmup_inputs(&ctx, batcher.config().max_batch_size),
+            )
+        })
+        .filter(|(_, inputs)| !inputs.is_empty())
+        .collect()
+}
+
+/// Runs the warm-up inputs through each model's batcher, then marks the
+/// server ready. A failing warm-up item
+/// is logged; a fatal one fails the model (and `/ready` says so).
+async fn warm_up<P: InferencePipeline>(
+    state: Arc<AppState<P>>,
+    warmups: Vec<(String, Vec<P::Input>)>,
+) {
+    let started = Instant::now();
+    for (name, inputs) in warmups {
+        let Some(batcher) = state.models.get(&name) else {
+            continue;
+        };
+        let count = inputs.len();
+        let deadline = Instant::now() + state.limits.async_timeout;
+        let mut tickets = Vec::with_capacity(count);
+        for input in inputs {
+            let options = modalkit_core::SubmitOptions {
+                deadline: Some(deadline),
+                on_start: None,
+                timing: None,
+            };
+            match batcher.submit_waiting(input, options).await {
+                Ok(ticket) => tickets.push(ticket),
+                Err(err) => tracing::warn!(model = %name, %err, "a warm-up item was refused"),
+            }
+        }
+        let mut failed = 0;
+        for ticket in tickets {
+            if let Err(err) = ticket.await {
+                failed += 1;
+                tracing::warn!(model = %name, %err, "a warm-up item failed");
+            }
+        }
+        tracing::info!(model = %name, items = count, failed, elapsed = ?started.elapsed(), "warmed up");
+    }
+    let mut times = state.startup.lock().unwrap_or_else(|p| p.into_inner());
+    times.warmup_seconds = Some(started.elapsed().as_secs_f64());
+    drop(times);
+    state.warmed_up.store(true, Ordering::SeqCst);
 }
 
 async fn wait_for_stop<P: InferencePipeline>(

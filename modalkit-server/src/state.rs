@@ -25,6 +25,43 @@ pub struct Limits {
     pub async_timeout: Duration,
 }
 
+/// Where a server is in its life, as `/ready` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Models loading (the port is not open yet, so rarely seen).
+    Loading,
+    /// Models loaded; warm-up batches running.
+    Warming,
+    /// Taking work.
+    Ready,
+    /// Shutting down.
+    Draining,
+    /// A model's device failed.
+    Failed,
+}
+
+impl Phase {
+    /// The phase's name in `/ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Loading => "loading",
+            Phase::Warming => "warming",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// How long start-up took, for `/ready`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartupTimes {
+    /// Loading every model, in seconds.
+    pub load_seconds: f64,
+    /// Running the warm-up batches, in seconds, once done.
+    pub warmup_seconds: Option<f64>,
+}
+
 /// Shared state of a running server.
 pub struct AppState<P: InferencePipeline> {
     /// One batcher per served model.
@@ -37,6 +74,10 @@ pub struct AppState<P: InferencePipeline> {
     pub limits: Limits,
     /// Set when shutdown begins.
     pub shutting_down: AtomicBool,
+    /// Set once the warm-up batches ran.
+    pub warmed_up: AtomicBool,
+    /// Load and warm-up times.
+    pub startup: std::sync::Mutex<StartupTimes>,
     /// The OpenAPI document, rendered once.
     pub openapi: Bytes,
 }
@@ -47,12 +88,36 @@ impl<P: InferencePipeline> AppState<P> {
         self.models.get(model)
     }
 
-    /// Whether every model takes work and no shutdown began.
+    /// Whether every model is warmed up and takes work, and no shutdown
+    /// began.
     pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::SeqCst)
-            && self
+        self.phase() == Phase::Ready
+    }
+
+    /// The server's phase.
+    pub fn phase(&self) -> Phase {
+        if self
+            .models
+            .values()
+            .any(|b| matches!(b.state(), BatcherState::Failed(_)))
+        {
+            Phase::Failed
+        } else if self.shutting_down.load(Ordering::SeqCst)
+            || self
                 .models
                 .values()
-                .all(|b| b.state() == BatcherState::Serving)
+                .any(|b| b.state() == BatcherState::Draining)
+        {
+            Phase::Draining
+        } else if !self.warmed_up.load(Ordering::SeqCst) {
+            Phase::Warming
+        } else {
+            Phase::Ready
+        }
+    }
+
+    /// Load and warm-up times so far.
+    pub fn startup_times(&self) -> StartupTimes {
+        *self.startup.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -98,6 +98,26 @@ impl InferencePipeline for EchoPipeline {
         Ok(())
     }
 
+    /// With `warmup_ms` in the model's entry: one full batch that sleeps
+    /// that long before the server is ready.
+    fn warmup_inputs(ctx: &ModelContext, max_batch_size: usize) -> Vec<EchoInput> {
+        let warmup_ms = ctx
+            .setting("warmup_ms")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if warmup_ms == 0 {
+            return Vec::new();
+        }
+        (0..max_batch_size)
+            .map(|i| EchoInput {
+                text: format!("warm-up {i}"),
+                repeat: None,
+                sleep_ms: warmup_ms,
+                fail: None,
+            })
+            .collect()
+    }
+
     fn postprocess(&self, inputs: &[EchoInput], _: ()) -> Vec<ItemResult<EchoOutput>> {
         inputs
             .iter()

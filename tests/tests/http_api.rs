@@ -929,3 +929,87 @@ async fn modalkits_default_backend_is_only_built_when_a_job_names_a_queue() {
     assert_eq!(job["status"], "succeeded");
     assert_eq!(job["output"]["echo"], "QUIET");
 }
+
+#[tokio::test]
+async fn serve_refuses_a_config_with_no_models_that_check_accepts() {
+    let yaml = "app_settings:\n  app_prefix: e2e\nmodel_settings:\n  model_entries: {}\n";
+    let settings = settings_from_yaml(yaml);
+    let err = modalkit_server::Server::<modalkit_tests::pipeline::EchoPipeline>::build(
+        settings,
+        modalkit_server::ServerOptions::default(),
+    )
+    .await
+    .err()
+    .expect("no models, nothing to serve");
+    assert!(
+        err.to_string()
+            .contains("model_settings.model_entries: empty"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn ready_stays_503_while_the_model_warms_up_and_reports_the_phase() {
+    let yaml = "app_settings:\n  app_prefix: e2e\n  queue_config: {backend: memory}\n  batch_config: {max_batch_size: 4, wait_ms: 0}\nmodel_settings:\n  model_entries:\n    echo: {warmup_ms: 1200}\n";
+    let server = TestServer::start(settings_from_yaml(yaml)).await;
+    let http = client();
+    let response = http.get(server.url("/ready")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["phase"], "warming", "{body}");
+    assert!(body["warmup_seconds"].is_null());
+    // Requests are served while warming; only readiness waits.
+    let (status, _) = post_json(
+        &http,
+        &server.url("/predict_sync"),
+        &json!({"text": "early"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    let body = loop {
+        let response = http.get(server.url("/ready")).send().await.unwrap();
+        if response.status() == 200 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["phase"], "ready");
+    let warmup = body["warmup_seconds"].as_f64().unwrap();
+    assert!(warmup >= 1.1, "one full batch of 1.2 s ran first: {body}");
+    assert!(body["load_seconds"].as_f64().unwrap() >= 0.0);
+}
+
+#[tokio::test]
+async fn a_sync_reply_carries_its_queue_and_inference_times_and_batch_size() {
+    let server = server(
+        "echo-timing",
+        "  batch_config: {max_batch_size: 8, wait_ms: 0}",
+    )
+    .await;
+    let http = client();
+    let reply = http
+        .post(server.url("/predict_sync"))
+        .json(&json!({"text": "t", "sleep_ms": 120}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let header = |name: &str| -> f64 { reply.headers()[name].to_str().unwrap().parse().unwrap() };
+    let (queue, inference, total) = (
+        header("x-queue-time"),
+        header("x-inference-time"),
+        header("x-total-time"),
+    );
+    assert!(
+        inference >= 119.0,
+        "the 120 ms predict is inference time: {inference}"
+    );
+    assert!(queue < 100.0, "an idle server queues briefly: {queue}");
+    assert!(
+        queue + inference <= total + 0.01,
+        "{queue} + {inference} > {total}"
+    );
+    assert_eq!(header("x-batch-size"), 1.0);
+}

@@ -2,13 +2,13 @@
 //! mutex, a condition variable that wakes workers, and the batch-forming rule.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
 
 use metrics::{Gauge, Histogram};
 use tokio::sync::{oneshot, watch};
 
-use super::{BatcherConfig, BatcherState};
+use super::{BatcherConfig, BatcherState, ItemTiming};
 use crate::error::{Error, Result};
 use crate::pipeline::InferencePipeline;
 
@@ -19,6 +19,7 @@ pub(super) struct Pending<P: InferencePipeline> {
     pub deadline: Instant,
     pub reply: oneshot::Sender<Result<P::Output>>,
     pub on_start: Option<Box<dyn FnOnce() -> bool + Send>>,
+    pub timing: Option<Arc<OnceLock<ItemTiming>>>,
 }
 
 /// An item [`Shared::push`] did not take, handed back with the reason.

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::ItemTiming;
 use super::intake::{Next, Pending, Shared};
 use crate::context::ModelContext;
 use crate::error::{Error, Result};
@@ -90,6 +91,7 @@ fn compute_batch<P: InferencePipeline>(
     let started = Instant::now();
     let mut inputs = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
+    let mut timings = Vec::new();
     for pending in batch {
         shared.metrics.queue_wait.record(
             started
@@ -103,6 +105,9 @@ fn compute_batch<P: InferencePipeline>(
             let _ = pending.reply.send(Err(Error::Cancelled));
             continue;
         }
+        if let Some(timing) = pending.timing {
+            timings.push((timing, started.saturating_duration_since(pending.arrived)));
+        }
         inputs.push(pending.input);
         replies.push(Some(pending.reply));
     }
@@ -110,6 +115,12 @@ fn compute_batch<P: InferencePipeline>(
         return Ok(());
     }
     let size = inputs.len();
+    for (timing, queue) in timings {
+        let _ = timing.set(ItemTiming {
+            queue,
+            batch_size: size,
+        });
+    }
     shared.metrics.batch_size.record(size as f64);
     let span = tracing::debug_span!("batch", model = %shared.model, size);
     let _entered = span.enter();

@@ -253,6 +253,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         let options = SubmitOptions {
             deadline: Some(Instant::now() + self.async_timeout),
             on_start: Some(Box::new(on_start)),
+            timing: None,
         };
         let ticket = match batcher.submit_with(input, options) {
             Ok(ticket) => ticket,
@@ -378,6 +379,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         let options = SubmitOptions {
             deadline: Some(Instant::now() + self.async_timeout),
             on_start: None,
+            timing: None,
         };
         let result = match batcher.submit_waiting(input, options).await {
             Ok(ticket) => ticket.await,

@@ -17,8 +17,10 @@ pub async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 when every model takes work, 503 otherwise, with each
-/// model's state and queue depth and the device.
+/// Readiness: 200 once every model is loaded, warmed up and takes work, 503
+/// otherwise, with the phase (`warming`, `ready`, `draining`, `failed`),
+/// the load and warm-up times, each model's state and queue depth and the
+/// device.
 pub async fn ready<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
 ) -> impl IntoResponse {
@@ -41,8 +43,12 @@ pub async fn ready<P: InferencePipeline>(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let times = state.startup_times();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
+        "phase": state.phase().as_str(),
+        "load_seconds": times.load_seconds,
+        "warmup_seconds": times.warmup_seconds,
         "shutting_down": state.shutting_down.load(std::sync::atomic::Ordering::SeqCst),
         "device": state.models.values().next().map(|b| b.device()).unwrap_or("cpu"),
         "models": models,

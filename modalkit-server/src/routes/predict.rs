@@ -1,14 +1,14 @@
 //! `/predict_sync`, `/predict_batch` and `/predict_async`: parse and validate
 //! the body, hand items to the model's batcher, shape modalkit's replies.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{FromRequest, RawQuery, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use modalkit_core::wire::{AsyncInput, AsyncOutput, InferenceOutput, Meta};
-use modalkit_core::{Batcher, Error, InferencePipeline, SubmitOptions, Ticket};
+use modalkit_core::{Batcher, Error, InferencePipeline, ItemTiming, SubmitOptions, Ticket};
 use serde_json::Value;
 
 use crate::async_jobs::{IdempotencyKey, parse_message};
@@ -28,28 +28,68 @@ fn batcher_for<'a, P: InferencePipeline>(
         .ok_or_else(|| ApiError::UnknownModel(model.to_owned(), state.model_names.clone()))
 }
 
-/// One message in, one `InferenceOutput` out.
+/// One message in, one `InferenceOutput` out, with timing headers:
+/// `x-queue-time` (ms from arrival to its batch's start),
+/// `x-inference-time` (ms of compute, from its batch's start to its result),
+/// `x-total-time` (ms in the handler, body parsing included) and
+/// `x-batch-size`.
 pub async fn predict_sync<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     RawQuery(query): RawQuery,
     request: Request,
-) -> Result<Json<Output<P>>, ApiError> {
+) -> Result<(HeaderMap, Json<Output<P>>), ApiError> {
+    let arrived = Instant::now();
     let batcher = batcher_for(&state, query.as_deref())?;
     let body = JsonBody::from_request(request, &()).await?;
     let input: P::Input = body.parse()?;
     validate(&input, "")?;
     let deadline = Instant::now() + state.limits.request_timeout;
-    let ticket = batcher.submit_with(input, with_deadline(deadline))?;
+    let timing = Arc::new(OnceLock::new());
+    let mut options = with_deadline(deadline);
+    options.timing = Some(Arc::clone(&timing));
+    let submitted = Instant::now();
+    let ticket = batcher.submit_with(input, options)?;
     let timeout = state.limits.request_timeout.as_secs_f64();
     let result = tokio::time::timeout_at(deadline.into(), ticket)
         .await
         .map_err(|_| ApiError::DeadlineExceeded(timeout))?;
+    let headers = timing_headers(arrived, submitted, timing.get());
     match result {
-        Ok(output) => Ok(Json(InferenceOutput::success(output, Meta::new()))),
-        Err(Error::Item(message)) => Ok(Json(InferenceOutput::failure(message, Meta::new()))),
+        Ok(output) => Ok((headers, Json(InferenceOutput::success(output, Meta::new())))),
+        Err(Error::Item(message)) => Ok((
+            headers,
+            Json(InferenceOutput::failure(message, Meta::new())),
+        )),
         Err(Error::DeadlineExceeded) => Err(ApiError::DeadlineExceeded(timeout)),
         Err(other) => Err(other.into()),
     }
+}
+
+/// The timing headers of a reply (TEI's `x-queue-time` and
+/// `x-inference-time`, plus the total and the batch size).
+fn timing_headers(arrived: Instant, submitted: Instant, timing: Option<&ItemTiming>) -> HeaderMap {
+    let total = arrived.elapsed();
+    let in_batcher = submitted.elapsed();
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    put("x-total-time", millis(total));
+    if let Some(timing) = timing {
+        put("x-queue-time", millis(timing.queue));
+        put(
+            "x-inference-time",
+            millis(in_batcher.saturating_sub(timing.queue)),
+        );
+        put("x-batch-size", timing.batch_size.to_string());
+    }
+    headers
+}
+
+fn millis(duration: std::time::Duration) -> String {
+    format!("{:.3}", duration.as_secs_f64() * 1000.0)
 }
 
 /// An array of messages in, one `InferenceOutput` per message out, in order.
@@ -152,5 +192,6 @@ fn with_deadline(deadline: Instant) -> SubmitOptions {
     SubmitOptions {
         deadline: Some(deadline),
         on_start: None,
+        timing: None,
     }
 }
