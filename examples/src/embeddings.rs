@@ -47,6 +47,10 @@ pub struct EmbeddingInput {
 pub struct EmbeddingOutput {
     /// The L2-normalized sentence embedding (384 floats for MiniLM-L6).
     pub embedding: Vec<f32>,
+    /// Tokens the model read (for the OpenAI route's `usage`); not sent.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub tokens: usize,
 }
 
 /// This model's entry in `model_entries`.
@@ -279,7 +283,8 @@ impl InferencePipeline for Embeddings {
     type Input = EmbeddingInput;
     type Output = EmbeddingOutput;
     type Preprocessed = Vec<Vec<u32>>;
-    type Predicted = Vec<Vec<f32>>;
+    /// Each text's vector and token count.
+    type Predicted = Vec<(Vec<f32>, usize)>;
 
     fn load(ctx: &ModelContext) -> Result<Self, PipelineError> {
         let entry: EmbeddingsEntry = ctx.entry()?;
@@ -307,18 +312,19 @@ impl InferencePipeline for Embeddings {
         &self,
         _inputs: &[EmbeddingInput],
         ids: Vec<Vec<u32>>,
-    ) -> Result<Vec<Vec<f32>>, PipelineError> {
-        self.embed_ids(&ids)
+    ) -> Result<Vec<(Vec<f32>, usize)>, PipelineError> {
+        let counts: Vec<usize> = ids.iter().map(Vec::len).collect();
+        Ok(self.embed_ids(&ids)?.into_iter().zip(counts).collect())
     }
 
     fn postprocess(
         &self,
         _inputs: &[EmbeddingInput],
-        embeddings: Vec<Vec<f32>>,
+        embeddings: Vec<(Vec<f32>, usize)>,
     ) -> Vec<ItemResult<EmbeddingOutput>> {
         embeddings
             .into_iter()
-            .map(|embedding| Ok(EmbeddingOutput { embedding }))
+            .map(|(embedding, tokens)| Ok(EmbeddingOutput { embedding, tokens }))
             .collect()
     }
 
@@ -327,6 +333,21 @@ impl InferencePipeline for Embeddings {
             Encoder::Native(_) => format!("{} ({})", describe(&Device::Cpu), cpu::isa::describe()),
             Encoder::Candle { device, .. } => describe(device),
         }
+    }
+}
+
+/// The OpenAI-compatible routes (`/v1/embeddings`, `/v1/models`).
+impl modalkit::server::openai::EmbeddingModel for Embeddings {
+    fn input_from_text(text: String) -> EmbeddingInput {
+        EmbeddingInput { text }
+    }
+
+    fn embedding(output: &EmbeddingOutput) -> &[f32] {
+        &output.embedding
+    }
+
+    fn token_count(output: &EmbeddingOutput) -> usize {
+        output.tokens
     }
 }
 

@@ -82,6 +82,15 @@ pub fn run<P: InferencePipeline>() -> ExitCode {
 
 /// Runs the command line for pipeline `P` with `options`.
 pub fn run_with<P: InferencePipeline>(options: ServerOptions) -> ExitCode {
+    run_with_routes::<P>(options, axum::Router::new)
+}
+
+/// Runs the command line for pipeline `P` with `options`, serving the
+/// routes `routes` makes besides modalkit's (see [`crate::openai::run`]).
+pub fn run_with_routes<P: InferencePipeline>(
+    options: ServerOptions,
+    routes: fn() -> axum::Router<std::sync::Arc<crate::state::AppState<P>>>,
+) -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init_tracing();
     let Loaded { settings, warnings } = match cli.settings_with_warnings() {
@@ -124,12 +133,16 @@ pub fn run_with<P: InferencePipeline>(options: ServerOptions) -> ExitCode {
             for warning in &warnings {
                 tracing::warn!("config: {warning}");
             }
-            serve::<P>(settings, options)
+            serve::<P>(settings, options, routes)
         }
     }
 }
 
-fn serve<P: InferencePipeline>(settings: Settings, options: ServerOptions) -> ExitCode {
+fn serve<P: InferencePipeline>(
+    settings: Settings,
+    options: ServerOptions,
+    routes: fn() -> axum::Router<std::sync::Arc<crate::state::AppState<P>>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -142,7 +155,9 @@ fn serve<P: InferencePipeline>(settings: Settings, options: ServerOptions) -> Ex
     };
     let result = runtime.block_on(async {
         crate::telemetry::prometheus();
-        let server = Server::<P>::build(settings, options).await?;
+        let server = Server::<P>::build(settings, options)
+            .await?
+            .with_routes(routes());
         let listener = server.bind().await?;
         server.run(listener, std::future::pending()).await
     });

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod openai;
 pub mod openapi;
 pub mod router;
 pub mod routes;

@@ -22,14 +22,17 @@ use crate::telemetry::record_request;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Builds the router for a server's state.
+/// Builds the router for a server's state; `extra` routes (e.g. the
+/// OpenAI ones) sit behind the API key with the predict routes.
 pub fn build<P: InferencePipeline>(
     state: Arc<AppState<P>>,
     api_key: Option<ApiKey>,
     cors_origins: &[String],
+    extra: Option<Router<Arc<AppState<P>>>>,
 ) -> Router {
     let max_body = state.limits.max_body_bytes;
-    let mut protected = Router::new()
+    let mut protected = extra
+        .unwrap_or_default()
         .route("/predict_sync", post(predict::predict_sync::<P>))
         .route("/predict_batch", post(predict::predict_batch::<P>))
         .route("/predict_async", post(predict::predict_async::<P>))

@@ -111,6 +111,7 @@ struct ConsumerPlan {
 /// A server ready to run.
 pub struct Server<P: InferencePipeline> {
     state: Arc<AppState<P>>,
+    extra_routes: Option<axum::Router<Arc<AppState<P>>>>,
     settings: Settings,
     api_key: Option<ApiKey>,
     #[cfg(feature = "sqs")]
@@ -316,6 +317,7 @@ impl<P: InferencePipeline> Server<P> {
         });
         Ok(Server {
             state,
+            extra_routes: None,
             settings,
             api_key,
             #[cfg(feature = "sqs")]
@@ -328,12 +330,23 @@ impl<P: InferencePipeline> Server<P> {
         &self.state
     }
 
+    /// Adds routes (behind the API key, like the predict routes), e.g.
+    /// [`crate::openai::routes`].
+    pub fn with_routes(mut self, routes: axum::Router<Arc<AppState<P>>>) -> Self {
+        self.extra_routes = Some(match self.extra_routes.take() {
+            Some(existing) => existing.merge(routes),
+            None => routes,
+        });
+        self
+    }
+
     /// The axum router.
     pub fn router(&self) -> axum::Router {
         crate::router::build(
             Arc::clone(&self.state),
             self.api_key.clone(),
             &self.settings.app_settings.server_config.cors_allow_origins,
+            self.extra_routes.clone(),
         )
     }
 

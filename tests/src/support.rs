@@ -65,8 +65,18 @@ impl TestServer {
 
     /// Starts a server of pipeline `P`.
     pub async fn start_pipeline<P: InferencePipeline>(
+        settings: Settings,
+        options: ServerOptions,
+    ) -> TestServer {
+        Self::start_pipeline_with_routes::<P>(settings, options, axum::Router::new()).await
+    }
+
+    /// Starts a server of pipeline `P` with extra routes (e.g. the OpenAI
+    /// ones).
+    pub async fn start_pipeline_with_routes<P: InferencePipeline>(
         mut settings: Settings,
         mut options: ServerOptions,
+        routes: axum::Router<Arc<modalkit_server::state::AppState<P>>>,
     ) -> TestServer {
         settings.app_settings.server_config.host = "127.0.0.1".into();
         settings.app_settings.server_config.port = 0;
@@ -77,7 +87,8 @@ impl TestServer {
         }
         let server = Server::<P>::build(settings, options)
             .await
-            .expect("server builds");
+            .expect("server builds")
+            .with_routes(routes);
         let listener = server.bind().await.expect("bind");
         let address = listener.local_addr().expect("address");
         let (stop, stopped) = oneshot::channel::<()>();

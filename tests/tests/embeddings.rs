@@ -1,7 +1,8 @@
 //! The embeddings example serving the real all-MiniLM-L6-v2 weights: every
 //! vector matches sentence-transformers' (torch) reference with cosine
 //! similarity >= 0.9999, through `/predict_sync` and `/predict_batch`; and a
-//! CUDA device asked of a CPU-only build fails start-up clearly.
+//! CUDA device asked of a CPU-only build fails start-up clearly; and the
+//! OpenAI-compatible route, driven by the real `openai` Python client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use modalkit_examples::embeddings::Embeddings;
@@ -275,4 +276,96 @@ fn native_encoder_matches_candle_encoder() {
             "the child did not run the {lower} kernels:\n{stdout}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_gets_the_same_vectors_from_v1_embeddings() {
+    let server = TestServer::start_pipeline_with_routes::<Embeddings>(
+        settings_from_yaml(&config("cpu")),
+        ServerOptions::default(),
+        modalkit_server::openai::routes::<Embeddings>(),
+    )
+    .await;
+    let http = client();
+    let (_, sync) = post_json(
+        &http,
+        &server.url("/predict_sync"),
+        &json!({"text": "hello world"}),
+    )
+    .await;
+    let expected: Vec<f32> = floats(&sync["embedding"])
+        .iter()
+        .map(|x| *x as f32)
+        .collect();
+
+    let python = std::env::var("MODALKIT_TEST_ORACLE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join(".venv-modalkit/bin/python"));
+    assert!(
+        python.is_file(),
+        "the openai package is not installed: run scripts/modalkit-oracle.sh install"
+    );
+    let base_url = server.base_url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(workspace_root().join("tests/oracle/openai_client.py"))
+            .args([base_url.as_str(), "minilm"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let vector = |v: &Value| -> Vec<f32> { floats(v).iter().map(|x| *x as f32).collect() };
+    // base64 (the client's default), decoded by the client: the same floats.
+    let default = &seen["default"];
+    assert_eq!(default["object"], "list");
+    assert_eq!(default["model"], "minilm");
+    assert_eq!(
+        max_difference(&vector(&default["data"][0]["embedding"]), &expected),
+        0.0
+    );
+    assert!(
+        default["usage"]["prompt_tokens"].as_u64().unwrap() >= 2,
+        "{}",
+        default["usage"]
+    );
+    // float, two inputs through the batcher, in order.
+    let data = seen["floats"]["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(
+        (data[0]["index"].as_u64(), data[1]["index"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert!(max_difference(&vector(&data[0]["embedding"]), &expected) < 1e-6);
+    assert!(
+        cosine(
+            &floats(&data[0]["embedding"]),
+            &floats(&data[1]["embedding"])
+        ) < 0.9
+    );
+    let usage = &seen["floats"]["usage"];
+    assert_eq!(usage["prompt_tokens"], usage["total_tokens"]);
+    // dimensions: the first 128 values, re-normalised.
+    let short = vector(&seen["short"]["data"][0]["embedding"]);
+    assert_eq!(short.len(), 128);
+    let norm = short.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    let scale = expected[..128].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((short[5] - expected[5] / scale).abs() < 1e-6);
+    assert_eq!(seen["models"], json!(["minilm"]));
+    // OpenAI's error shape for a bad request.
+    let refused = &seen["refused"];
+    assert_eq!(refused["status"], 400, "{refused}");
+    assert_eq!(refused["body"]["param"], "dimensions", "{refused}");
+    assert_eq!(
+        refused["body"]["type"], "invalid_request_error",
+        "{refused}"
+    );
 }

@@ -7,5 +7,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    modalkit::run::<modalkit_examples::embeddings::Embeddings>()
+    // modalkit's routes plus the OpenAI-compatible /v1/embeddings.
+    modalkit::server::openai::run::<modalkit_examples::embeddings::Embeddings>()
 }
