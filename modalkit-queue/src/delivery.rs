@@ -131,6 +131,12 @@ pub fn dead_letter_record(
     record
 }
 
+/// Whether a queue name is a webhook URL (delivered by POST, not by the
+/// queue backend).
+pub fn is_webhook(queue: &str) -> bool {
+    queue.starts_with("http://") || queue.starts_with("https://")
+}
+
 /// How one message's delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -149,6 +155,8 @@ pub struct Delivery {
     policy: RetryPolicy,
     dead_letters: DeadLetterFile,
     dead_letter_queue: Option<String>,
+    #[cfg(feature = "webhooks")]
+    webhooks: Option<Arc<crate::webhook::WebhookSender>>,
     give_up: CancellationToken,
     sent: metrics::Counter,
     retried: metrics::Counter,
@@ -174,6 +182,8 @@ impl Delivery {
             policy,
             dead_letters,
             dead_letter_queue: None,
+            #[cfg(feature = "webhooks")]
+            webhooks: None,
             give_up: CancellationToken::new(),
         }
     }
@@ -183,6 +193,52 @@ impl Delivery {
     pub fn with_dead_letter_queue(mut self, queue: Option<String>) -> Self {
         self.dead_letter_queue = queue.filter(|q| !q.is_empty());
         self
+    }
+
+    /// Sends results whose queue is an http(s) URL through `sender`.
+    #[cfg(feature = "webhooks")]
+    pub fn with_webhooks(mut self, sender: crate::webhook::WebhookSender) -> Self {
+        self.webhooks = Some(Arc::new(sender));
+        self
+    }
+
+    /// Whether a result may be sent to `queue`: any queue name, or a
+    /// webhook URL this server may call. The error says why not.
+    pub fn check_destination(&self, queue: &str) -> Result<(), String> {
+        if !is_webhook(queue) {
+            return Ok(());
+        }
+        #[cfg(feature = "webhooks")]
+        if let Some(sender) = &self.webhooks {
+            return sender.check(queue);
+        }
+        Err(format!(
+            "'{queue}' is a URL, and webhook delivery is not enabled: build with the `webhooks` feature and list the host in queue_config.webhook_allowed_hosts"
+        ))
+    }
+
+    async fn send(
+        &self,
+        queue: &str,
+        message: &str,
+        id: &str,
+        job: bool,
+    ) -> Result<(), QueueError> {
+        if is_webhook(queue) {
+            #[cfg(feature = "webhooks")]
+            if let Some(sender) = &self.webhooks {
+                return sender.send(queue, message, id).await;
+            }
+            return Err(QueueError::Rejected {
+                queue: queue.to_owned(),
+                message: self.check_destination(queue).err().unwrap_or_default(),
+            });
+        }
+        if job {
+            self.backend.send_job_result(queue, message, id).await
+        } else {
+            self.backend.send_message_with_id(queue, message, id).await
+        }
     }
 
     /// The dead-letter queue, if configured.
@@ -215,8 +271,8 @@ impl Delivery {
         let last_error = loop {
             attempt += 1;
             let send = match job_id {
-                Some(job_id) => self.backend.send_job_result(queue, message, job_id),
-                None => self.backend.send_message_with_id(queue, message, &id),
+                Some(job_id) => self.send(queue, message, job_id, true),
+                None => self.send(queue, message, &id, false),
             };
             let sent = if self.give_up.is_cancelled() {
                 // After giving up, each delivery still makes its one attempt.

@@ -30,6 +30,15 @@ pub enum QueueError {
         /// The backend's error.
         message: String,
     },
+    /// The destination refused the message for good (a webhook answered
+    /// 4xx, or its host is not allowed); retrying cannot help.
+    #[error("'{queue}' refused the message: {message}")]
+    Rejected {
+        /// The queue or URL.
+        queue: String,
+        /// Why.
+        message: String,
+    },
     /// No backend is registered under this name.
     #[error("unknown queue backend '{0}' (registered: {1})")]
     UnknownBackend(String, String),

@@ -15,12 +15,18 @@ pub mod memory;
 pub mod registry;
 #[cfg(feature = "sqs")]
 pub mod sqs;
+#[cfg(feature = "webhooks")]
+pub mod webhook;
 
 pub use backend::QueueBackend;
-pub use delivery::{DeadLetterFile, Delivery, Outcome, RetryPolicy, dead_letter_record};
+pub use delivery::{
+    DeadLetterFile, Delivery, Outcome, RetryPolicy, dead_letter_record, is_webhook,
+};
 pub use error::QueueError;
 pub use lazy::LazyBackend;
 pub use memory::InMemoryQueue;
 pub use registry::BackendRegistry;
 #[cfg(feature = "sqs")]
 pub use sqs::{JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, Outgoing, ReceivedMessage, SqsOptions, SqsQueue};
+#[cfg(feature = "webhooks")]
+pub use webhook::{WebhookConfig, WebhookSender};

@@ -160,14 +160,21 @@ impl<P: InferencePipeline> Server<P> {
                 )?)
             }
         };
-        let delivery = Arc::new(
-            Delivery::new(
-                backend,
-                RetryPolicy::from_config(&app.queue_config),
-                DeadLetterFile::new(&app.queue_config.dead_letter_path),
-            )
-            .with_dead_letter_queue(queue_config.dead_letter_queue.clone()),
-        );
+        let delivery = Delivery::new(
+            backend,
+            RetryPolicy::from_config(&app.queue_config),
+            DeadLetterFile::new(&app.queue_config.dead_letter_path),
+        )
+        .with_dead_letter_queue(queue_config.dead_letter_queue.clone());
+        #[cfg(feature = "webhooks")]
+        let delivery = delivery.with_webhooks(modalkit_queue::WebhookSender::new(
+            &modalkit_queue::WebhookConfig {
+                secret: queue_config.webhook_secret.clone(),
+                allowed_hosts: queue_config.webhook_allowed_hosts.clone(),
+                timeout: Duration::from_secs_f64(queue_config.webhook_timeout_seconds),
+            },
+        )?);
+        let delivery = Arc::new(delivery);
         let job_store = match options.job_store {
             Some(store) => store,
             None => build_job_store(&settings, &aws_options).await?,

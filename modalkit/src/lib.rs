@@ -10,7 +10,8 @@
 //!
 //! Features: `sqs` (SQS queues, durable async jobs through an SQS input
 //! queue, the API key from SSM), `dynamodb` (implies `sqs`: the job store
-//! shared by every container), `candle` (device selection, candle's CUDA errors as fatal, the BERT
+//! shared by every container), `webhooks` (results POSTed to URLs, signed),
+//! `candle` (device selection, candle's CUDA errors as fatal, the BERT
 //! encoder: [`candle`]), `cuda` (`candle` built for NVIDIA GPUs). With no
 //! features it pulls in neither candle nor the AWS SDK.
 //!

@@ -345,6 +345,24 @@ pub struct QueueConfig {
     #[serde(default = "default_job_table")]
     #[garde(length(min = 3, max = 255))]
     pub job_table: String,
+    /// Signing secret of webhook deliveries (`whsec_<base64>`, Standard
+    /// Webhooks); none: unsigned.
+    #[serde(default)]
+    #[garde(inner(length(min = 1)))]
+    pub webhook_secret: Option<String>,
+    /// Hosts (`host` or `host:port`) a success/failure "queue" URL may name;
+    /// `*` allows any. Empty (default): no webhooks.
+    #[serde(default)]
+    #[garde(skip)]
+    pub webhook_allowed_hosts: Vec<String>,
+    /// Timeout of one webhook POST.
+    #[serde(default = "default_webhook_timeout_seconds")]
+    #[garde(range(min = 0.1, max = 600.0))]
+    pub webhook_timeout_seconds: f64,
+}
+
+fn default_webhook_timeout_seconds() -> f64 {
+    10.0
 }
 
 fn default_job_store() -> String {
@@ -407,6 +425,9 @@ impl Default for QueueConfig {
             dead_letter_queue: None,
             job_store: default_job_store(),
             job_table: default_job_table(),
+            webhook_secret: None,
+            webhook_allowed_hosts: Vec::new(),
+            webhook_timeout_seconds: default_webhook_timeout_seconds(),
         }
     }
 }

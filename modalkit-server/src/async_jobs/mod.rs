@@ -169,9 +169,10 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         !matches!(self.intake, JobIntake::Embedded)
     }
 
-    /// Accepts a validated job for `model` and returns its id. With an
-    /// idempotency key already used for the same request, returns that
-    /// job's id and accepts nothing new; with another request, 422.
+    /// Accepts a validated job for `model` and returns its id. A queue that
+    /// is a URL this server may not call is a 422. With an idempotency key
+    /// already used for the same request, returns that job's id and accepts
+    /// nothing new; with another request, 422.
     pub async fn accept(
         &self,
         model: &str,
@@ -179,6 +180,17 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         input: P::Input,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Uuid, ApiError> {
+        for (field, queue) in [
+            ("success_queue", &envelope.success_queue),
+            ("failure_queue", &envelope.failure_queue),
+        ] {
+            self.delivery
+                .check_destination(queue)
+                .map_err(|message| ApiError::InvalidBody {
+                    path: field.to_owned(),
+                    message,
+                })?;
+        }
         let id = Uuid::new_v4();
         if let Some(key) = &idempotency {
             match self.store.claim_key(&key.key, &key.fingerprint, id).await? {
