@@ -22,8 +22,8 @@ pub struct WebhookConfig {
     /// The signing secret: `whsec_<base64>` (Standard Webhooks) or any other
     /// text, used as the key as is. None: unsigned.
     pub secret: Option<String>,
-    /// Hosts (`host` or `host:port`) results may be POSTed to; `*` allows
-    /// any. Empty: none.
+    /// Hosts results may be POSTed to: `host` (any port) or `host:port`
+    /// (that port only); `*` allows any. Empty: none.
     pub allowed_hosts: Vec<String>,
     /// Timeout of one POST.
     pub timeout: Duration,
@@ -164,10 +164,26 @@ mod tests {
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
         assert!(sender.check("https://hooks.example.com/x").is_ok());
-        assert!(sender.check("https://evil.example.com/x").is_err());
         assert!(
-            sender.check("http://hooks.example.com:8080/x").is_err(),
-            "a port must be allowed too"
+            sender.check("http://hooks.example.com:8080/x").is_ok(),
+            "a bare host allows any port"
+        );
+        assert!(sender.check("https://evil.example.com/x").is_err());
+        assert!(sender.check("not a url").is_err());
+        let pinned = WebhookSender::new(&WebhookConfig {
+            secret: None,
+            allowed_hosts: vec!["api.example.com:443".to_owned()],
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        assert!(pinned.check("http://api.example.com:443/x").is_ok());
+        assert!(
+            pinned.check("http://api.example.com:8443/x").is_err(),
+            "host:port allows that port only"
+        );
+        assert!(
+            pinned.signature("id", 1, "{}").is_none(),
+            "no secret: unsigned"
         );
     }
 }
