@@ -25,52 +25,44 @@ pub async fn deliver_outcome<O: Serialize>(
     envelope: AsyncInput<Value>,
     result: Result<O, Error>,
 ) -> JobEnd {
-    let message = match &result {
-        Ok(output) => serde_json::to_string(&SuccessMessage::new(output, &envelope.meta))
-            .map_err(|err| Error::Pipeline(format!("output could not be serialized: {err}"))),
-        Err(_) => Ok(String::new()),
-    };
-    let failure = match (result, message) {
-        (Ok(_), Ok(message)) => {
-            if !envelope.success_queue.is_empty() {
-                delivery
-                    .deliver_job_result(&envelope.success_queue, &message, job_id)
-                    .await;
-            }
-            let recorded = serde_json::from_str(&message).unwrap_or(Value::Null);
-            return JobEnd::succeeded(recorded);
+    let (queue, text, end) = message_for(envelope, result);
+    if !queue.is_empty() {
+        delivery.deliver_job_result(&queue, &text, job_id).await;
+    }
+    end
+}
+
+/// The queue a result goes to, its bytes, and how the job ended.
+fn message_for<O: Serialize>(
+    envelope: AsyncInput<Value>,
+    result: Result<O, Error>,
+) -> (String, String, JobEnd) {
+    let success = result.and_then(|output| {
+        serde_json::to_string(&SuccessMessage::new(&output, &envelope.meta))
+            .map_err(|err| Error::Pipeline(format!("output could not be serialized: {err}")))
+    });
+    match success {
+        Ok(text) => {
+            let recorded = serde_json::from_str(&text).unwrap_or(Value::Null);
+            (envelope.success_queue, text, JobEnd::succeeded(recorded))
         }
-        (Ok(_), Err(err)) | (Err(err), _) => err,
-    };
-    let (error, text) = match failure {
         // The pipeline failed this item alone: its error output.
-        Error::Item(error) | Error::InvalidInput(error) => {
+        Err(Error::Item(error) | Error::InvalidInput(error)) => {
             let text = serde_json::to_string(&ItemFailureMessage::new(&error, &envelope.meta))
                 .unwrap_or_default();
-            (error, text)
+            (envelope.failure_queue, text, JobEnd::Failed(error))
         }
         // The job failed as a whole.
-        other => {
+        Err(other) => {
             let error = match other {
                 Error::Pipeline(message) => format!("Internal Server Error. Error log: {message}"),
                 Error::Cancelled => CANCELLED_ERROR.to_owned(),
                 other => other.to_string(),
             };
-            let failure_queue = envelope.failure_queue.clone();
+            let queue = envelope.failure_queue.clone();
             let text = serde_json::to_string(&DelayedFailure::new(error.clone(), envelope))
                 .unwrap_or_default();
-            if !failure_queue.is_empty() {
-                delivery
-                    .deliver_job_result(&failure_queue, &text, job_id)
-                    .await;
-            }
-            return JobEnd::Failed(error);
+            (queue, text, JobEnd::Failed(error))
         }
-    };
-    if !envelope.failure_queue.is_empty() {
-        delivery
-            .deliver_job_result(&envelope.failure_queue, &text, job_id)
-            .await;
     }
-    JobEnd::Failed(error)
 }
