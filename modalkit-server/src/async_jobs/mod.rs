@@ -406,20 +406,26 @@ impl<P: InferencePipeline> AsyncJobs<P> {
     }
 
     async fn record_end(&self, id: Uuid, end: JobEnd) -> Disposition {
-        match self.store.finish(id, end).await {
-            Ok(Transition::Done) => {}
-            Ok(other) => {
-                tracing::info!(job_id = %id, ?other, "the job's end was already recorded");
-            }
+        match record_end(self.store.as_ref(), id, end).await {
+            Ok(()) => Disposition::Delete,
             // Delivered but not recorded: the message comes back and the job
             // runs again (at least once) rather than stay `running` forever.
             Err(err) => {
                 tracing::warn!(%err, job_id = %id, "could not record the job's end; it will run again");
-                return Disposition::Release;
+                Disposition::Release
             }
         }
-        Disposition::Delete
     }
+}
+
+/// Writes a job's end once; an end already recorded (a duplicate delivery,
+/// or a cancel that won) or an expired record is logged and left as it is.
+async fn record_end(store: &dyn JobStore, id: Uuid, end: JobEnd) -> Result<(), StoreError> {
+    let written = store.finish(id, end).await?;
+    if written != Transition::Done {
+        tracing::info!(job_id = %id, ?written, "the job's end was already recorded (or the record expired)");
+    }
+    Ok(())
 }
 
 /// An embedded job this process holds: waits for its batch (recording
@@ -471,10 +477,8 @@ impl HeldJob {
         if cancelled {
             return;
         }
-        match store.finish(id, end).await {
-            Ok(Transition::Done) => {}
-            Ok(other) => tracing::info!(job_id, ?other, "the job's end was already recorded"),
-            Err(err) => tracing::error!(%err, job_id, "could not record the job's end"),
+        if let Err(err) = record_end(store.as_ref(), id, end).await {
+            tracing::error!(%err, job_id, "could not record the job's end");
         }
     }
 }
