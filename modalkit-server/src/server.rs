@@ -313,7 +313,6 @@ impl<P: InferencePipeline> Server<P> {
                 async_timeout,
             },
             shutting_down: Default::default(),
-            warmed_up: Default::default(),
             startup: std::sync::Mutex::new(crate::state::StartupTimes {
                 load_seconds: loading.elapsed().as_secs_f64(),
                 warmup_seconds: None,
@@ -385,12 +384,7 @@ impl<P: InferencePipeline> Server<P> {
         // With nothing to warm up, ready before the first request can ask.
         let warmups = warmup_inputs(&state, &self.settings);
         if warmups.is_empty() {
-            state
-                .startup
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .warmup_seconds = Some(0.0);
-            state.warmed_up.store(true, Ordering::SeqCst);
+            state.warmed_up(0.0);
         }
         let (stop_http, mut http_stopped) = watch::channel(false);
         let http = tokio::spawn(async move {
@@ -499,10 +493,7 @@ async fn warm_up<P: InferencePipeline>(
         }
         tracing::info!(model = %name, items = count, failed, elapsed = ?started.elapsed(), "warmed up");
     }
-    let mut times = state.startup.lock().unwrap_or_else(|p| p.into_inner());
-    times.warmup_seconds = Some(started.elapsed().as_secs_f64());
-    drop(times);
-    state.warmed_up.store(true, Ordering::SeqCst);
+    state.warmed_up(started.elapsed().as_secs_f64());
 }
 
 async fn wait_for_stop<P: InferencePipeline>(

@@ -58,7 +58,8 @@ impl Phase {
 pub struct StartupTimes {
     /// Loading every model, in seconds.
     pub load_seconds: f64,
-    /// Running the warm-up batches, in seconds, once done.
+    /// Running the warm-up batches, in seconds, once done (until then the
+    /// server is warming up).
     pub warmup_seconds: Option<f64>,
 }
 
@@ -74,9 +75,7 @@ pub struct AppState<P: InferencePipeline> {
     pub limits: Limits,
     /// Set when shutdown begins.
     pub shutting_down: AtomicBool,
-    /// Set once the warm-up batches ran.
-    pub warmed_up: AtomicBool,
-    /// Load and warm-up times.
+    /// Load and warm-up times; warmed up once `warmup_seconds` is set.
     pub startup: std::sync::Mutex<StartupTimes>,
     /// The OpenAPI document, rendered once.
     pub openapi: Bytes,
@@ -109,7 +108,7 @@ impl<P: InferencePipeline> AppState<P> {
                 .any(|b| b.state() == BatcherState::Draining)
         {
             Phase::Draining
-        } else if !self.warmed_up.load(Ordering::SeqCst) {
+        } else if self.startup_times().warmup_seconds.is_none() {
             Phase::Warming
         } else {
             Phase::Ready
@@ -119,5 +118,13 @@ impl<P: InferencePipeline> AppState<P> {
     /// Load and warm-up times so far.
     pub fn startup_times(&self) -> StartupTimes {
         *self.startup.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the end of warm-up: from now on the server is ready.
+    pub fn warmed_up(&self, seconds: f64) {
+        self.startup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .warmup_seconds = Some(seconds);
     }
 }
