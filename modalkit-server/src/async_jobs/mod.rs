@@ -74,9 +74,10 @@ impl IdempotencyKey {
     /// The longest key accepted.
     pub const MAX_LEN: usize = 255;
 
-    /// A key for a request to `model` with this body; 400 when the key is
-    /// empty, too long or not visible ASCII.
-    pub fn new(key: &str, model: &str, body: &Value) -> Result<Self, ApiError> {
+    /// A key for a request to `model` with this (parsed) body; 400 when the
+    /// key is empty, too long or not visible ASCII. The fingerprint does not
+    /// depend on the order of the body's keys.
+    pub fn new(key: &str, model: &str, body: &AsyncInput<Value>) -> Result<Self, ApiError> {
         if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(ApiError::InvalidIdempotencyKey(format!(
@@ -84,15 +85,45 @@ impl IdempotencyKey {
                 Self::MAX_LEN
             )));
         }
+        let body = serde_json::to_value(body)
+            .map_err(|err| ApiError::Internal(format!("cannot fingerprint the request: {err}")))?;
         let mut hash = Sha256::new();
         hash.update(model.as_bytes());
         hash.update([0]);
-        hash.update(body.to_string().as_bytes());
+        hash_canonical(&mut hash, &body);
         let fingerprint = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(IdempotencyKey {
             key: key.to_owned(),
             fingerprint,
         })
+    }
+}
+
+/// Feeds `value` to `hash` with object keys sorted, so two requests that
+/// differ only in key order hash alike (maps keep their order otherwise).
+fn hash_canonical(hash: &mut Sha256, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            hash.update(b"{");
+            for key in keys {
+                hash.update(Value::from(key.as_str()).to_string().as_bytes());
+                hash.update(b":");
+                hash_canonical(hash, &map[key]);
+                hash.update(b",");
+            }
+            hash.update(b"}");
+        }
+        Value::Array(items) => {
+            hash.update(b"[");
+            for item in items {
+                hash_canonical(hash, item);
+                hash.update(b",");
+            }
+            hash.update(b"]");
+        }
+        scalar => hash.update(scalar.to_string().as_bytes()),
     }
 }
 
@@ -517,5 +548,41 @@ impl From<StoreError> for ApiError {
             StoreError::Full(_) => ApiError::Overloaded(error.to_string()),
             StoreError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fingerprint(body: &str) -> String {
+        let envelope: AsyncInput<Value> =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}"));
+        IdempotencyKey::new("k", "m", &envelope)
+            .map(|key| key.fingerprint)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn fingerprints_ignore_key_order_but_not_values() {
+        let a = fingerprint(
+            r#"{"message": {"a": 1, "b": [1, {"x": 2, "y": 3}]}, "meta": {"p": 1, "q": 2}}"#,
+        );
+        let b = fingerprint(
+            r#"{"meta": {"q": 2, "p": 1}, "message": {"b": [1, {"y": 3, "x": 2}], "a": 1}}"#,
+        );
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            fingerprint(
+                r#"{"message": {"a": 1, "b": [{"x": 2, "y": 3}, 1]}, "meta": {"p": 1, "q": 2}}"#
+            )
+        );
+        assert_ne!(
+            a,
+            fingerprint(
+                r#"{"message": {"a": 2, "b": [1, {"x": 2, "y": 3}]}, "meta": {"p": 1, "q": 2}}"#
+            )
+        );
     }
 }

@@ -169,7 +169,7 @@ pub async fn predict_async<P: InferencePipeline>(
     let envelope: AsyncInput<Value> = body.parse()?;
     let input = parse_message::<P>(&envelope.message)?;
     let idempotency = match key_header {
-        Some(key) => Some(IdempotencyKey::new(&key, &model, &body.value()?)?),
+        Some(key) => Some(IdempotencyKey::new(&key, &model, &envelope)?),
         None => None,
     };
     let job_id = state
