@@ -13,7 +13,7 @@ use serde::de::{
     self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Unexpected, Visitor,
 };
 use serde::forward_to_deserialize_any;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A value being read, with its path (for warnings) and the warnings list.
 pub struct Lax<'w> {
@@ -33,18 +33,17 @@ impl<'w> Lax<'w> {
         }
     }
 
-    fn child(&self, value: Value, segment: &str) -> Lax<'w> {
-        let path = if self.path.is_empty() {
-            segment.to_owned()
-        } else if segment.starts_with('[') {
-            format!("{}{segment}", self.path)
-        } else {
-            format!("{}.{segment}", self.path)
-        };
+    /// The value at `segment` (a key, or `[i]`) below `path`.
+    fn child(
+        path: &str,
+        warnings: &'w RefCell<Vec<String>>,
+        segment: &str,
+        value: Value,
+    ) -> Lax<'w> {
         Lax {
             value,
-            path,
-            warnings: self.warnings,
+            path: join(path, segment),
+            warnings,
         }
     }
 
@@ -123,7 +122,7 @@ impl<'w> Lax<'w> {
     }
 
     fn warn_unknown(&self, key: &str, fields: &[&str]) {
-        let path = self.child(Value::Null, key).path;
+        let path = join(&self.path, key);
         let nearest = fields
             .iter()
             .map(|field| (distance(key, field), *field))
@@ -136,6 +135,17 @@ impl<'w> Lax<'w> {
         self.warnings
             .borrow_mut()
             .push(format!("{path}: unknown key, ignored{hint}"));
+    }
+}
+
+/// `path.segment`, or `path[i]` for an index segment.
+fn join(path: &str, segment: &str) -> String {
+    if path.is_empty() {
+        segment.to_owned()
+    } else if segment.starts_with('[') {
+        format!("{path}{segment}")
+    } else {
+        format!("{path}.{segment}")
     }
 }
 
@@ -250,27 +260,30 @@ impl<'de> de::Deserializer<'de> for Lax<'_> {
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let Value::Array(items) = &self.value else {
-            return Err(self.invalid(&visitor));
+        let items = match self.value {
+            Value::Array(items) => items,
+            _ => return Err(self.invalid(&visitor)),
         };
-        let children: Vec<Lax<'_>> = items
-            .iter()
+        let (path, warnings) = (self.path, self.warnings);
+        let children = items
+            .into_iter()
             .enumerate()
-            .map(|(i, item)| self.child(item.clone(), &format!("[{i}]")))
-            .collect();
-        visitor.visit_seq(Items(children.into_iter()))
+            .map(move |(i, item)| Lax::child(&path, warnings, &format!("[{i}]"), item));
+        visitor.visit_seq(Items(children))
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let Value::Object(map) = &self.value else {
-            return Err(self.invalid(&visitor));
+        let map = match self.value {
+            Value::Object(map) => map,
+            _ => return Err(self.invalid(&visitor)),
         };
-        let entries = map
-            .iter()
-            .map(|(key, value)| (key.clone(), self.child(value.clone(), key)))
-            .collect::<Vec<_>>();
+        let (path, warnings) = (self.path, self.warnings);
+        let entries = map.into_iter().map(move |(key, value)| {
+            let child = Lax::child(&path, warnings, &key, value);
+            (key, child)
+        });
         visitor.visit_map(Entries {
-            entries: entries.into_iter(),
+            entries,
             value: None,
         })
     }
@@ -281,27 +294,31 @@ impl<'de> de::Deserializer<'de> for Lax<'_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        let Value::Object(map) = &self.value else {
-            return Err(self.invalid(&visitor));
+        let map = match self.value {
+            Value::Object(map) => map,
+            _ => return Err(self.invalid(&visitor)),
         };
-        let mut known = Map::new();
+        // Path and warnings, for the children and the unknown-key warnings.
+        let shell = Lax {
+            value: Value::Null,
+            path: self.path,
+            warnings: self.warnings,
+        };
+        let mut known = Vec::with_capacity(map.len());
         for (key, value) in map {
             if !fields.contains(&key.as_str()) {
-                self.warn_unknown(key, fields);
+                shell.warn_unknown(&key, fields);
             } else if !value.is_null() {
                 // null means "not set": the field's default applies.
-                known.insert(key.clone(), value.clone());
+                known.push((key, value));
             }
         }
-        let entries = known
-            .into_iter()
-            .map(|(key, value)| {
-                let child = self.child(value, &key);
-                (key, child)
-            })
-            .collect::<Vec<_>>();
+        let entries = known.into_iter().map(move |(key, value)| {
+            let child = Lax::child(&shell.path, shell.warnings, &key, value);
+            (key, child)
+        });
         visitor.visit_map(Entries {
-            entries: entries.into_iter(),
+            entries,
             value: None,
         })
     }
