@@ -298,3 +298,18 @@ pub async fn post_json(client: &reqwest::Client, url: &str, body: &Value) -> (u1
     let body = response.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)
 }
+
+/// The Python with the test clients (modalkit 0.2.0, openai) that
+/// `scripts/modalkit-oracle.sh` installs: `MODALKIT_TEST_ORACLE_PYTHON`, or
+/// `.venv-modalkit` in the workspace. Panics with how to install it.
+pub fn client_python() -> PathBuf {
+    let python = std::env::var("MODALKIT_TEST_ORACLE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| crate::model::workspace_root().join(".venv-modalkit/bin/python"));
+    assert!(
+        python.is_file(),
+        "the Python test clients are not installed: run `scripts/modalkit-oracle.sh install` (scripts/test.sh does); looked for {}",
+        python.display()
+    );
+    python
+}

@@ -298,13 +298,7 @@ async fn the_openai_client_gets_the_same_vectors_from_v1_embeddings() {
         .map(|x| *x as f32)
         .collect();
 
-    let python = std::env::var("MODALKIT_TEST_ORACLE_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join(".venv-modalkit/bin/python"));
-    assert!(
-        python.is_file(),
-        "the openai package is not installed: run scripts/modalkit-oracle.sh install"
-    );
+    let python = modalkit_tests::support::client_python();
     let base_url = server.base_url.clone();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)

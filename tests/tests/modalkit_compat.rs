@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use modalkit_core::settings::{ConfigSources, Settings};
-use modalkit_tests::support::{TestServer, client, settings_from_yaml};
+use modalkit_tests::support::{TestServer, client, client_python, settings_from_yaml};
 use serde_json::{Value, json};
 
 fn workspace() -> PathBuf {
@@ -22,14 +22,7 @@ fn workspace() -> PathBuf {
 }
 
 fn oracle(request: &Value) -> Value {
-    let python = std::env::var("MODALKIT_TEST_ORACLE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace().join(".venv-modalkit/bin/python"));
-    assert!(
-        python.is_file(),
-        "modalkit 0.2.0 is not installed: run `scripts/modalkit-oracle.sh install` (scripts/test.sh does); looked for {}",
-        python.display()
-    );
+    let python = client_python();
     let mut child = Command::new(python)
         .arg(workspace().join("tests/oracle/modalkit_oracle.py"))
         .stdin(Stdio::piped())
