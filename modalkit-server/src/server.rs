@@ -140,9 +140,8 @@ impl<P: InferencePipeline> Server<P> {
                 }
             }
         };
-        let aws_options = options_aws(&options);
-        let backend: Arc<dyn QueueBackend> = match options.queue_backend {
-            Some(backend) => backend,
+        let backend: Arc<dyn QueueBackend> = match &options.queue_backend {
+            Some(backend) => Arc::clone(backend),
             #[cfg(feature = "sqs")]
             None if queue_config.backend == "sqs" && options.aws_config.is_some() => {
                 Arc::new(sqs_for(&options.aws_config).await)
@@ -175,9 +174,9 @@ impl<P: InferencePipeline> Server<P> {
             },
         )?);
         let delivery = Arc::new(delivery);
-        let job_store = match options.job_store {
-            Some(store) => store,
-            None => build_job_store(&settings, &aws_options).await?,
+        let job_store = match &options.job_store {
+            Some(store) => Arc::clone(store),
+            None => build_job_store(&settings, &options).await?,
         };
         // As modalkit: with `secure: true`, Modal's proxy authenticates and
         // the auth_config key is neither checked nor read from SSM.
@@ -572,32 +571,30 @@ async fn drain<P: InferencePipeline>(
     tracing::info!(elapsed = ?started.elapsed(), "drained");
 }
 
-/// The AWS configuration the options carry, if any.
-#[cfg(feature = "sqs")]
-fn options_aws(options: &ServerOptions) -> Option<aws_config::SdkConfig> {
-    options.aws_config.clone()
-}
-
-#[cfg(not(feature = "sqs"))]
-fn options_aws(_options: &ServerOptions) -> Option<()> {
-    None
-}
-
 /// The job store `queue_config.job_store` names.
-#[cfg(feature = "dynamodb")]
 async fn build_job_store(
     settings: &Settings,
-    aws: &Option<aws_config::SdkConfig>,
+    options: &ServerOptions,
+) -> Result<Arc<dyn JobStore>, ServerError> {
+    let app = &settings.app_settings;
+    if app.queue_config.job_store == "dynamodb" {
+        return dynamodb_job_store(settings, options).await;
+    }
+    Ok(Arc::new(MemoryJobStore::new(
+        app.server_config.max_jobs,
+        app.server_config.job_ttl_seconds as f64,
+    )))
+}
+
+/// The DynamoDB job store, its table created if missing.
+#[cfg(feature = "dynamodb")]
+async fn dynamodb_job_store(
+    settings: &Settings,
+    options: &ServerOptions,
 ) -> Result<Arc<dyn JobStore>, ServerError> {
     let app = &settings.app_settings;
     let ttl = app.server_config.job_ttl_seconds as f64;
-    if app.queue_config.job_store != "dynamodb" {
-        return Ok(Arc::new(MemoryJobStore::new(
-            app.server_config.max_jobs,
-            ttl,
-        )));
-    }
-    let aws = match aws {
+    let aws = match &options.aws_config {
         Some(config) => config.clone(),
         None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
     };
@@ -614,24 +611,16 @@ async fn build_job_store(
     Ok(Arc::new(store))
 }
 
-/// The job store `queue_config.job_store` names.
+/// Without the `dynamodb` feature: a clear start-up error.
 #[cfg(not(feature = "dynamodb"))]
-async fn build_job_store<A>(
-    settings: &Settings,
-    _aws: &Option<A>,
+async fn dynamodb_job_store(
+    _settings: &Settings,
+    _options: &ServerOptions,
 ) -> Result<Arc<dyn JobStore>, ServerError> {
-    let app = &settings.app_settings;
-    if app.queue_config.job_store == "dynamodb" {
-        return Err(modalkit_core::Error::config(
-            "app_settings.queue_config.job_store: 'dynamodb' needs the DynamoDB job store, which this binary was built without: enable the `dynamodb` feature of the modalkit crate",
-        )
-        .into());
-    }
-    let ttl = app.server_config.job_ttl_seconds as f64;
-    Ok(Arc::new(MemoryJobStore::new(
-        app.server_config.max_jobs,
-        ttl,
-    )))
+    Err(modalkit_core::Error::config(
+        "app_settings.queue_config.job_store: 'dynamodb' needs the DynamoDB job store, which this binary was built without: enable the `dynamodb` feature of the modalkit crate",
+    )
+    .into())
 }
 
 fn join_batchers<P: InferencePipeline>(state: &AppState<P>) -> impl Future<Output = ()> + use<P> {
