@@ -155,6 +155,8 @@ async fn handle<P: InferencePipeline>(
         }
     };
     let job_id = job_id_of(&message);
+    // `/predict_async` recorded the jobs it sent (they carry their id).
+    let recorded = message.attributes.contains_key(JOB_ID_ATTRIBUTE);
     let model = message
         .attributes
         .get(MODEL_ATTRIBUTE)
@@ -168,7 +170,7 @@ async fn handle<P: InferencePipeline>(
     ));
     let disposition = context
         .jobs
-        .run_consumed(job_id, &model, envelope, input)
+        .run_consumed(job_id, &model, recorded, envelope, input)
         .await;
     heartbeat.abort();
     match disposition {

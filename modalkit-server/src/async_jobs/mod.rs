@@ -353,20 +353,23 @@ impl<P: InferencePipeline> AsyncJobs<P> {
 
     /// Runs a job that came through the input queue: skips it if it was
     /// cancelled (delivering its cancellation) or already ended, else runs
-    /// it, delivers its result and records its end. `input` is the parsed
-    /// message or why it is invalid.
+    /// it, delivers its result and records its end. `recorded`: the job
+    /// has a record already (`/predict_async` sent it); a message from
+    /// another producer gets one here. `input` is the parsed message or why
+    /// it is invalid.
     pub async fn run_consumed(
         &self,
         id: Uuid,
         model: &str,
+        recorded: bool,
         envelope: AsyncInput<Value>,
         input: Result<P::Input, String>,
     ) -> Disposition {
-        // A message sent by another producer has no record yet.
-        if let Err(err) = self
-            .store
-            .create(JobRecord::queued(id, model, self.record_ttl_seconds))
-            .await
+        if !recorded
+            && let Err(err) = self
+                .store
+                .create(JobRecord::queued(id, model, self.record_ttl_seconds))
+                .await
         {
             tracing::warn!(%err, job_id = %id, "cannot record the job; leaving its message for later");
             return Disposition::Release;
