@@ -910,13 +910,31 @@ async fn secure_deployments_leave_auth_to_modals_proxy_as_modalkit_does() {
 
 #[tokio::test]
 async fn modalkits_default_backend_is_only_built_when_a_job_names_a_queue() {
-    // No queue_config: the backend is sqs, as in modalkit. A job that names
-    // no queue runs and is recorded without ever reaching for SQS.
+    // No queue_config: the backend is sqs, as in modalkit. Its factory here
+    // counts builds and hands out an in-memory queue: a job that names no
+    // queue must not build it; the first job that names one builds it once.
     let yaml =
         "app_settings:\n  app_prefix: e2e\nmodel_settings:\n  model_entries:\n    echo: {}\n";
     let settings = settings_from_yaml(yaml);
     assert_eq!(settings.app_settings.queue_config.backend, "sqs");
-    let server = TestServer::start(settings).await;
+    let builds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let queue = std::sync::Arc::new(modalkit_queue::InMemoryQueue::new(10));
+    let mut registry = modalkit_queue::BackendRegistry::with_defaults();
+    let (counter, backend) = (
+        std::sync::Arc::clone(&builds),
+        std::sync::Arc::clone(&queue),
+    );
+    registry.register("sqs", move |_config| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let backend =
+            std::sync::Arc::clone(&backend) as std::sync::Arc<dyn modalkit_queue::QueueBackend>;
+        async move { Ok(backend) }
+    });
+    let options = modalkit_server::ServerOptions {
+        registry: Some(registry),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(settings, options).await;
     let http = client();
     let (status, body) = post_json(
         &http,
@@ -928,6 +946,27 @@ async fn modalkits_default_backend_is_only_built_when_a_job_names_a_queue() {
     let job = poll_job(&http, &server, body["job_id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded");
     assert_eq!(job["output"]["echo"], "QUIET");
+    assert_eq!(
+        builds.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no queue named: never built"
+    );
+    for text in ["first", "second"] {
+        let (status, body) = post_json(
+            &http,
+            &server.url("/predict_async"),
+            &json!({"message": {"text": text}, "success_queue": "done"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        poll_job(&http, &server, body["job_id"].as_str().unwrap()).await;
+    }
+    assert_eq!(queue.peek("done").len(), 2);
+    assert_eq!(
+        builds.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "built on the first send, once"
+    );
 }
 
 #[tokio::test]
