@@ -87,18 +87,39 @@ pub struct SubmitOptions {
     /// any pipeline code sees it. Returning `false` withdraws the item: it
     /// is never computed and its ticket resolves to [`Error::Cancelled`].
     pub on_start: Option<Box<dyn FnOnce() -> bool + Send>>,
-    /// Filled in when the item's batch starts: how long it queued and how
-    /// big its batch is (for the reply's timing headers).
+    /// Filled in just before the item is answered: how long it queued, how
+    /// big its batch was and when each stage ran (for the reply's timing
+    /// headers and trace spans). Not filled for an item that never reached
+    /// a batch (withdrawn, expired, refused).
     pub timing: Option<Arc<OnceLock<ItemTiming>>>,
 }
 
-/// How an item was batched, recorded when its batch starts.
+/// How an item was batched and computed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ItemTiming {
     /// From submit to its batch's start.
     pub queue: Duration,
     /// Items in its batch.
     pub batch_size: usize,
+    /// When its batch started (so it was submitted at `batch_started - queue`).
+    pub batch_started: Instant,
+    /// When the stages that produced its result ran; `None` when they did
+    /// not all run (a stage failed, or the device did).
+    pub stages: Option<StageTimes>,
+}
+
+/// When `preprocess`, `predict` and `postprocess` ran for one batch: each
+/// stage runs from its start to the next one's (`postprocess` to `finished`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StageTimes {
+    /// `preprocess` started.
+    pub preprocess: Instant,
+    /// `predict` started (`preprocess` ended).
+    pub predict: Instant,
+    /// `postprocess` started (`predict` ended).
+    pub postprocess: Instant,
+    /// `postprocess` ended.
+    pub finished: Instant,
 }
 
 /// The batcher's state as seen from outside.

@@ -17,7 +17,7 @@ pub mod pipeline;
 pub mod settings;
 pub mod wire;
 
-pub use batcher::{Batcher, BatcherConfig, ItemTiming, SubmitOptions, Ticket};
+pub use batcher::{Batcher, BatcherConfig, ItemTiming, StageTimes, SubmitOptions, Ticket};
 pub use context::ModelContext;
 pub use error::{Error, Result};
 pub use pipeline::{ErrorKind, InferencePipeline, ItemResult, PipelineError};

@@ -47,16 +47,28 @@ pub trait QueueBackend: Send + Sync + 'static {
     }
 
     /// Sends an async job's result. Backends that can label a message
-    /// without changing its body do so (SQS: a `job_id` message attribute,
-    /// and the job id as FIFO deduplication id, so a result delivered again
-    /// after a crash is recognisable as the same job's). By default the
-    /// same as [`send_message_with_id`](Self::send_message_with_id).
+    /// without changing its body do so (SQS: `job_id` and `traceparent`
+    /// message attributes, and the job id as FIFO deduplication id, so a
+    /// result delivered again after a crash is recognisable as the same
+    /// job's). By default the same as
+    /// [`send_message_with_id`](Self::send_message_with_id) with the job id.
     async fn send_job_result(
         &self,
         queue: &str,
         message: &str,
-        job_id: &str,
+        labels: &JobLabels<'_>,
     ) -> Result<(), QueueError> {
-        self.send_message_with_id(queue, message, job_id).await
+        self.send_message_with_id(queue, message, labels.job_id)
+            .await
     }
+}
+
+/// What labels an async job's result besides its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLabels<'a> {
+    /// The job's id.
+    pub job_id: &'a str,
+    /// The W3C trace context (`traceparent`) of the span delivering it, so
+    /// the consumer's trace continues the job's; `None` when not traced.
+    pub traceparent: Option<&'a str>,
 }

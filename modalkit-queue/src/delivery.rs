@@ -15,7 +15,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::QueueBackend;
+use crate::backend::{JobLabels, QueueBackend};
 use crate::error::QueueError;
 
 /// How hard delivery tries before dead-lettering.
@@ -217,27 +217,29 @@ impl Delivery {
         ))
     }
 
+    /// One attempt: `id` labels the message (FIFO deduplication, webhook
+    /// id); `job` its job, if it is a job's result.
     async fn send(
         &self,
         queue: &str,
         message: &str,
         id: &str,
-        job: bool,
+        job: Option<&JobLabels<'_>>,
     ) -> Result<(), QueueError> {
         if is_webhook(queue) {
             #[cfg(feature = "webhooks")]
             if let Some(sender) = &self.webhooks {
-                return sender.send(queue, message, id).await;
+                let traceparent = job.and_then(|labels| labels.traceparent);
+                return sender.send(queue, message, id, traceparent).await;
             }
             return Err(QueueError::Rejected {
                 queue: queue.to_owned(),
                 message: self.check_destination(queue).err().unwrap_or_default(),
             });
         }
-        if job {
-            self.backend.send_job_result(queue, message, id).await
-        } else {
-            self.backend.send_message_with_id(queue, message, id).await
+        match job {
+            Some(labels) => self.backend.send_job_result(queue, message, labels).await,
+            None => self.backend.send_message_with_id(queue, message, id).await,
         }
     }
 
@@ -258,21 +260,31 @@ impl Delivery {
         self.deliver_labelled(queue, message, None).await
     }
 
-    /// Delivers an async job's result, labelled with its job id where the
-    /// backend can (see [`QueueBackend::send_job_result`]).
-    pub async fn deliver_job_result(&self, queue: &str, message: &str, job_id: &str) -> Outcome {
-        self.deliver_labelled(queue, message, Some(job_id)).await
+    /// Delivers an async job's result, labelled with its job id (and trace
+    /// context) where the backend can (see [`QueueBackend::send_job_result`]).
+    pub async fn deliver_job_result(
+        &self,
+        queue: &str,
+        message: &str,
+        labels: &JobLabels<'_>,
+    ) -> Outcome {
+        self.deliver_labelled(queue, message, Some(labels)).await
     }
 
-    async fn deliver_labelled(&self, queue: &str, message: &str, job_id: Option<&str>) -> Outcome {
+    async fn deliver_labelled(
+        &self,
+        queue: &str,
+        message: &str,
+        job: Option<&JobLabels<'_>>,
+    ) -> Outcome {
         let started = Instant::now();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut attempt = 0;
         let last_error = loop {
             attempt += 1;
-            let send = match job_id {
-                Some(job_id) => self.send(queue, message, job_id, true),
-                None => self.send(queue, message, &id, false),
+            let send = match job {
+                Some(labels) => self.send(queue, message, labels.job_id, job),
+                None => self.send(queue, message, &id, None),
             };
             let sent = if self.give_up.is_cancelled() {
                 // After giving up, each delivery still makes its one attempt.
@@ -309,6 +321,7 @@ impl Delivery {
             }
         };
         self.failed.increment(1);
+        let job_id = job.map(|labels| labels.job_id);
         let record = dead_letter_record(queue, message, &last_error.to_string(), attempt, job_id);
         self.dead_letter(&record).await
     }

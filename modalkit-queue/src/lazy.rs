@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use modalkit_core::settings::QueueConfig;
 use tokio::sync::OnceCell;
 
-use crate::backend::QueueBackend;
+use crate::backend::{JobLabels, QueueBackend};
 use crate::error::QueueError;
 use crate::registry::BackendRegistry;
 
@@ -75,11 +75,11 @@ impl QueueBackend for LazyBackend {
         &self,
         queue: &str,
         message: &str,
-        job_id: &str,
+        labels: &JobLabels<'_>,
     ) -> Result<(), QueueError> {
         self.backend()
             .await?
-            .send_job_result(queue, message, job_id)
+            .send_job_result(queue, message, labels)
             .await
     }
 }

@@ -18,7 +18,7 @@ pub mod sqs;
 #[cfg(feature = "webhooks")]
 pub mod webhook;
 
-pub use backend::QueueBackend;
+pub use backend::{JobLabels, QueueBackend};
 pub use delivery::{
     DeadLetterFile, Delivery, Outcome, RetryPolicy, dead_letter_record, is_webhook,
 };
@@ -27,6 +27,9 @@ pub use lazy::LazyBackend;
 pub use memory::InMemoryQueue;
 pub use registry::BackendRegistry;
 #[cfg(feature = "sqs")]
-pub use sqs::{JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, Outgoing, ReceivedMessage, SqsOptions, SqsQueue};
+pub use sqs::{
+    JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, Outgoing, ReceivedMessage, SqsOptions, SqsQueue,
+    TRACEPARENT_ATTRIBUTE,
+};
 #[cfg(feature = "webhooks")]
 pub use webhook::{WebhookConfig, WebhookSender};

@@ -15,7 +15,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 
-use crate::backend::QueueBackend;
+use crate::backend::{JobLabels, QueueBackend};
 use crate::error::QueueError;
 
 /// SQS's message size limit (256 KiB).
@@ -38,6 +38,11 @@ pub const JOB_ID_ATTRIBUTE: &str = "job_id";
 
 /// The message attribute that names the model an input message is for.
 pub const MODEL_ATTRIBUTE: &str = "model";
+
+/// The message attribute carrying a W3C trace context (`traceparent`): on
+/// an input message, the trace its job continues; on a result, the span
+/// that delivered it.
+pub const TRACEPARENT_ATTRIBUTE: &str = "traceparent";
 
 /// A message to send, with what SQS needs besides its body.
 #[derive(Debug, Clone, Copy)]
@@ -316,13 +321,17 @@ impl QueueBackend for SqsQueue {
         &self,
         queue: &str,
         message: &str,
-        job_id: &str,
+        labels: &JobLabels<'_>,
     ) -> Result<(), QueueError> {
+        let mut attributes = vec![(JOB_ID_ATTRIBUTE, labels.job_id)];
+        if let Some(traceparent) = labels.traceparent {
+            attributes.push((TRACEPARENT_ATTRIBUTE, traceparent));
+        }
         let outgoing = Outgoing {
             body: message,
-            dedup_id: job_id,
+            dedup_id: labels.job_id,
             group_id: None,
-            attributes: &[(JOB_ID_ATTRIBUTE, job_id)],
+            attributes: &attributes,
         };
         self.send_outgoing(queue, outgoing).await
     }

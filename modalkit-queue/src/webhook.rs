@@ -99,8 +99,15 @@ impl WebhookSender {
         ))
     }
 
-    /// POSTs `body` to `url` with the id `id` (the same on every retry).
-    pub async fn send(&self, url: &str, body: &str, id: &str) -> Result<(), QueueError> {
+    /// POSTs `body` to `url` with the id `id` (the same on every retry) and,
+    /// when traced, the W3C `traceparent` header.
+    pub async fn send(
+        &self,
+        url: &str,
+        body: &str,
+        id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<(), QueueError> {
         self.check(url).map_err(|message| QueueError::Rejected {
             queue: url.to_owned(),
             message,
@@ -118,6 +125,9 @@ impl WebhookSender {
             .body(body.to_owned());
         if let Some(signature) = self.signature(id, timestamp, body) {
             request = request.header("webhook-signature", signature);
+        }
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
         }
         let response = request
             .send()

@@ -26,6 +26,7 @@ pub mod server;
 pub mod ssm;
 pub mod state;
 pub mod telemetry;
+pub mod traces;
 
 pub use error::ApiError;
 pub use server::{EXIT_DEVICE_FAILED, Server, ServerError, ServerOptions, Stopped};

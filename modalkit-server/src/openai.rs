@@ -33,8 +33,10 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, validate};
+use crate::routes::predict::{item_timings, record_items};
 use crate::server::ServerOptions;
 use crate::state::AppState;
+use crate::traces::recording_span;
 
 /// A pipeline that turns one text into one vector.
 pub trait EmbeddingModel: InferencePipeline {
@@ -147,6 +149,7 @@ async fn embeddings<P: EmbeddingModel>(
     State(state): State<Arc<AppState<P>>>,
     request: Request,
 ) -> Result<Json<Value>, OpenAiError> {
+    let trace = recording_span(&request);
     let body = JsonBody::from_request(request, &()).await?;
     let request: EmbeddingsRequest = serde_json::from_slice(&body.0)
         .map_err(|err| OpenAiError::invalid("input", format!("invalid request body: {err}")))?;
@@ -184,6 +187,7 @@ async fn embeddings<P: EmbeddingModel>(
         .batcher(&model)
         .ok_or_else(|| ApiError::UnknownModel(model.clone(), state.model_names.clone()))?;
     let deadline = Instant::now() + state.limits.request_timeout;
+    let timings = item_timings(trace.is_some(), texts.len());
     let mut tickets = Vec::with_capacity(texts.len());
     for (i, text) in texts.into_iter().enumerate() {
         let input = P::input_from_text(text);
@@ -191,7 +195,7 @@ async fn embeddings<P: EmbeddingModel>(
         let options = SubmitOptions {
             deadline: Some(deadline),
             on_start: None,
-            timing: None,
+            timing: timings.get(i).cloned(),
         };
         tickets.push(batcher.submit_with(input, options)?);
     }
@@ -210,6 +214,9 @@ async fn embeddings<P: EmbeddingModel>(
             Value::from(vector)
         };
         data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+    }
+    if let Some(trace) = &trace {
+        record_items(trace, &timings);
     }
     Ok(Json(json!({
         "object": "list",

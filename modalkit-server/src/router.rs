@@ -19,6 +19,7 @@ use crate::extract::BodyLimit;
 use crate::routes::{docs, health, jobs, predict};
 use crate::state::AppState;
 use crate::telemetry::record_request;
+use crate::traces::trace_request;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -41,6 +42,8 @@ pub fn build<P: InferencePipeline>(
     if let Some(key) = api_key {
         protected = protected.route_layer(from_fn_with_state(key, require_api_key));
     }
+    // Outside the key check, so refused requests are traced too.
+    protected = protected.route_layer(from_fn_with_state(state.tracer.clone(), trace_request));
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready::<P>))

@@ -25,6 +25,7 @@ use crate::async_jobs::store::{JobStore, MemoryJobStore};
 use crate::async_jobs::{AsyncJobs, JobIntake};
 use crate::auth::ApiKey;
 use crate::state::{AppState, Limits};
+use crate::traces::Tracer;
 
 /// Process exit code after a fatal device error (documented in docs/).
 pub const EXIT_DEVICE_FAILED: u8 = 3;
@@ -289,18 +290,20 @@ impl<P: InferencePipeline> Server<P> {
         #[cfg(not(feature = "sqs"))]
         let intake = JobIntake::Embedded;
         let async_timeout = Duration::from_secs_f64(server_config.async_timeout_seconds);
-        let jobs = Arc::new(AsyncJobs::new(
-            job_store,
-            delivery,
-            models.clone(),
-            intake,
-            async_timeout,
-            server_config.job_ttl_seconds as f64,
-        ));
-        let openapi = crate::openapi::document::<P>(
-            &modalkit_core::settings::app_name_from_env(&settings),
-            &model_names,
+        let app_name = modalkit_core::settings::app_name_from_env(&settings);
+        let tracer = Tracer::from_env(&app_name);
+        let jobs = Arc::new(
+            AsyncJobs::new(
+                job_store,
+                delivery,
+                models.clone(),
+                intake,
+                async_timeout,
+                server_config.job_ttl_seconds as f64,
+            )
+            .with_tracer(tracer.clone()),
         );
+        let openapi = crate::openapi::document::<P>(&app_name, &model_names);
         let state = Arc::new(AppState {
             models,
             model_names,
@@ -311,6 +314,7 @@ impl<P: InferencePipeline> Server<P> {
                 request_timeout: Duration::from_secs_f64(server_config.request_timeout_seconds),
                 async_timeout,
             },
+            tracer,
             shutting_down: Default::default(),
             startup: std::sync::Mutex::new(crate::state::StartupTimes {
                 load_seconds: loading.elapsed().as_secs_f64(),
@@ -431,6 +435,8 @@ impl<P: InferencePipeline> Server<P> {
         {
             tracing::warn!("open connections did not close within 5s of the drain");
         }
+        let tracer = state.tracer.clone();
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
         tracing::info!(?stopped, "stopped");
         Ok(stopped)
     }

@@ -11,6 +11,7 @@ use modalkit_core::batcher::BatcherState;
 use modalkit_core::{Batcher, InferencePipeline};
 
 use crate::async_jobs::AsyncJobs;
+use crate::traces::Tracer;
 
 /// Request limits from `server_config`.
 #[derive(Debug, Clone)]
@@ -73,6 +74,8 @@ pub struct AppState<P: InferencePipeline> {
     pub jobs: Arc<AsyncJobs<P>>,
     /// Limits.
     pub limits: Limits,
+    /// Request and job traces (off unless configured).
+    pub tracer: Tracer,
     /// Set when shutdown begins.
     pub shutting_down: AtomicBool,
     /// Load and warm-up times; warmed up once `warmup_seconds` is set.

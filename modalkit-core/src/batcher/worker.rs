@@ -3,14 +3,14 @@
 //! fatal device error into the batcher's fatal path.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::ItemTiming;
 use super::intake::{Next, Pending, Shared};
+use super::{ItemTiming, StageTimes};
 use crate::context::ModelContext;
 use crate::error::{Error, Result};
 use crate::pipeline::{ErrorKind, InferencePipeline, ItemResult, PipelineError};
@@ -81,6 +81,35 @@ fn reload<P: InferencePipeline>(shared: &Shared<P>, pipeline: &P) {
     }
 }
 
+/// One item's answer: where its result goes, and where its timing goes
+/// (with how long it queued).
+struct Answer<O> {
+    reply: Reply<O>,
+    timing: Option<(Arc<OnceLock<ItemTiming>>, Duration)>,
+}
+
+impl<O> Answer<O> {
+    /// Records the item's timing (in `batch`, with these `stages`), then
+    /// sends its result.
+    fn send(self, batch: &BatchInfo, stages: Option<StageTimes>, result: Result<O>) {
+        if let Some((timing, queue)) = self.timing {
+            let _ = timing.set(ItemTiming {
+                queue,
+                batch_size: batch.size,
+                batch_started: batch.started,
+                stages,
+            });
+        }
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The batch being computed.
+struct BatchInfo {
+    started: Instant,
+    size: usize,
+}
+
 /// Computes one batch and answers every item. Returns the fatal error's text
 /// if the device failed (the unanswered items are then failed as unavailable).
 fn compute_batch<P: InferencePipeline>(
@@ -90,14 +119,10 @@ fn compute_batch<P: InferencePipeline>(
 ) -> Result<(), String> {
     let started = Instant::now();
     let mut inputs = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut timings = Vec::new();
+    let mut answers = Vec::with_capacity(batch.len());
     for pending in batch {
-        shared.metrics.queue_wait.record(
-            started
-                .saturating_duration_since(pending.arrived)
-                .as_secs_f64(),
-        );
+        let queue = started.saturating_duration_since(pending.arrived);
+        shared.metrics.queue_wait.record(queue.as_secs_f64());
         if let Some(on_start) = pending.on_start
             && !on_start()
         {
@@ -105,73 +130,76 @@ fn compute_batch<P: InferencePipeline>(
             let _ = pending.reply.send(Err(Error::Cancelled));
             continue;
         }
-        if let Some(timing) = pending.timing {
-            timings.push((timing, started.saturating_duration_since(pending.arrived)));
-        }
         inputs.push(pending.input);
-        replies.push(Some(pending.reply));
+        answers.push(Some(Answer {
+            reply: pending.reply,
+            timing: pending.timing.map(|timing| (timing, queue)),
+        }));
     }
     if inputs.is_empty() {
         return Ok(());
     }
-    let size = inputs.len();
-    for (timing, queue) in timings {
-        let _ = timing.set(ItemTiming {
-            queue,
-            batch_size: size,
-        });
-    }
-    shared.metrics.batch_size.record(size as f64);
-    let span = tracing::debug_span!("batch", model = %shared.model, size);
+    let batch = BatchInfo {
+        started,
+        size: inputs.len(),
+    };
+    shared.metrics.batch_size.record(batch.size as f64);
+    let span = tracing::debug_span!("batch", model = %shared.model, size = batch.size);
     let _entered = span.enter();
 
-    let outcome = compute_range(shared, pipeline, &inputs, &mut replies);
+    let outcome = compute_range(shared, pipeline, &batch, &inputs, &mut answers);
     if let Err(fatal) = &outcome {
-        for reply in replies.iter_mut().filter_map(Option::take) {
-            let _ = reply.send(Err(shared.unavailable(format!("device failed: {fatal}"))));
+        for answer in answers.iter_mut().filter_map(Option::take) {
+            answer.send(
+                &batch,
+                None,
+                Err(shared.unavailable(format!("device failed: {fatal}"))),
+            );
         }
     }
     tracing::debug!(elapsed = ?started.elapsed(), "batch done");
     outcome
 }
 
-/// Runs the pipeline on `inputs` and answers `replies` (same length). On a
+/// Runs the pipeline on `inputs` and answers `answers` (same length). On a
 /// whole-batch failure of more than one item, halves the range and retries
 /// each half, so only the failing items get an error.
 fn compute_range<P: InferencePipeline>(
     shared: &Shared<P>,
     pipeline: &P,
+    batch: &BatchInfo,
     inputs: &[P::Input],
-    replies: &mut [Option<Reply<P::Output>>],
+    answers: &mut [Option<Answer<P::Output>>],
 ) -> Result<(), String> {
     match run_stages(shared, pipeline, inputs) {
-        Ok(results) => {
+        Ok((results, stages)) => {
             if let Some(fatal) = results
                 .iter()
                 .find_map(|r| r.as_ref().err().filter(|e| e.is_fatal()))
             {
                 return Err(fatal.to_string());
             }
-            for (reply, result) in replies.iter_mut().zip(results) {
-                if let Some(reply) = reply.take() {
-                    let _ = reply.send(result.map_err(|err| item_error(&err, Error::Item)));
+            for (answer, result) in answers.iter_mut().zip(results) {
+                if let Some(answer) = answer.take() {
+                    let result = result.map_err(|err| item_error(&err, Error::Item));
+                    answer.send(batch, Some(stages), result);
                 }
             }
             Ok(())
         }
         Err(err) if err.is_fatal() => Err(err.to_string()),
         Err(err) if inputs.len() <= 1 => {
-            if let Some(reply) = replies.first_mut().and_then(Option::take) {
-                let _ = reply.send(Err(item_error(&err, Error::Pipeline)));
+            if let Some(answer) = answers.first_mut().and_then(Option::take) {
+                answer.send(batch, None, Err(item_error(&err, Error::Pipeline)));
             }
             Ok(())
         }
         Err(err) => {
             tracing::warn!(model = %shared.model, size = inputs.len(), %err, "batch failed; splitting it to isolate the failing items");
             let mid = inputs.len() / 2;
-            let (left_replies, right_replies) = replies.split_at_mut(mid);
-            compute_range(shared, pipeline, &inputs[..mid], left_replies)?;
-            compute_range(shared, pipeline, &inputs[mid..], right_replies)
+            let (left, right) = answers.split_at_mut(mid);
+            compute_range(shared, pipeline, batch, &inputs[..mid], left)?;
+            compute_range(shared, pipeline, batch, &inputs[mid..], right)
         }
     }
 }
@@ -191,21 +219,34 @@ fn run_stages<P: InferencePipeline>(
     shared: &Shared<P>,
     pipeline: &P,
     inputs: &[P::Input],
-) -> Result<Vec<ItemResult<P::Output>>, PipelineError> {
+) -> Result<(Vec<ItemResult<P::Output>>, StageTimes), PipelineError> {
     let metrics = &shared.metrics;
     let attempt = catch_unwind(AssertUnwindSafe(|| {
-        let t0 = Instant::now();
+        let preprocess = Instant::now();
         let pre = pipeline.preprocess(inputs)?;
-        let t1 = Instant::now();
-        metrics.preprocess.record((t1 - t0).as_secs_f64());
+        let predict = Instant::now();
+        metrics
+            .preprocess
+            .record((predict - preprocess).as_secs_f64());
         let raw = pipeline.predict(inputs, pre)?;
-        let t2 = Instant::now();
-        metrics.predict.record((t2 - t1).as_secs_f64());
+        let postprocess = Instant::now();
+        metrics
+            .predict
+            .record((postprocess - predict).as_secs_f64());
         let results = pipeline.postprocess(inputs, raw);
-        metrics.postprocess.record(t2.elapsed().as_secs_f64());
-        Ok::<_, PipelineError>(results)
+        let finished = Instant::now();
+        metrics
+            .postprocess
+            .record((finished - postprocess).as_secs_f64());
+        let stages = StageTimes {
+            preprocess,
+            predict,
+            postprocess,
+            finished,
+        };
+        Ok::<_, PipelineError>((results, stages))
     }));
-    let results = match attempt {
+    let (results, stages) = match attempt {
         Ok(result) => result?,
         Err(panic) => {
             return Err(PipelineError::msg(format!(
@@ -221,7 +262,7 @@ fn run_stages<P: InferencePipeline>(
             inputs.len()
         )));
     }
-    Ok(results)
+    Ok((results, stages))
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -7,7 +7,7 @@
 //! and model come from its `job_id` / `model` attributes (set by
 //! `/predict_async` in durable mode); a message from another producer gets
 //! a job id derived from its SQS message id, so a redelivery is the same
-//! job. A body that is not an `AsyncInput` goes to its failure queue (or
+//! job. A `traceparent` attribute makes the job's span continue that trace. A body that is not an `AsyncInput` goes to its failure queue (or
 //! the dead letters) and is deleted, never retried forever.
 
 use std::sync::Arc;
@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use modalkit_core::wire::{AsyncInput, Meta};
 use modalkit_core::{Error, InferencePipeline};
-use modalkit_queue::{JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, ReceivedMessage, SqsQueue};
+use modalkit_queue::{
+    JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, ReceivedMessage, SqsQueue, TRACEPARENT_ATTRIBUTE,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::outcome::deliver_outcome;
-use super::{AsyncJobs, Disposition, parse_message};
+use super::outcome::{JobTrace, deliver_outcome};
+use super::{AsyncJobs, ConsumedJob, Disposition, parse_message};
 
 /// How the consumer polls.
 #[derive(Debug, Clone)]
@@ -168,10 +170,15 @@ async fn handle<P: InferencePipeline>(
         Arc::clone(&context),
         message.receipt_handle.clone(),
     ));
-    let disposition = context
-        .jobs
-        .run_consumed(job_id, &model, recorded, envelope, input)
-        .await;
+    let job = ConsumedJob {
+        id: job_id,
+        model,
+        recorded,
+        envelope,
+        input,
+        traceparent: message.attributes.get(TRACEPARENT_ATTRIBUTE).cloned(),
+    };
+    let disposition = context.jobs.run_consumed(job).await;
     heartbeat.abort();
     match disposition {
         Disposition::Delete => delete(&context, &message).await,
@@ -230,13 +237,25 @@ async fn reject_malformed<P: InferencePipeline>(
                 .cloned()
                 .unwrap_or_else(Meta::new),
         };
+        let job_id = job_id_of(message);
+        let traceparent = message.attributes.get(TRACEPARENT_ATTRIBUTE);
+        let span = context.jobs.job_span(
+            job_id,
+            &context.config.default_model,
+            traceparent.map(String::as_str),
+        );
+        let trace = JobTrace {
+            id: &job_id.to_string(),
+            span: &span,
+        };
         deliver_outcome::<Value>(
             context.jobs.delivery(),
-            &job_id_of(message).to_string(),
+            &trace,
             envelope,
             Err(Error::Item(problem.to_owned())),
         )
         .await;
+        span.end();
     }
     delete(context, message).await;
 }

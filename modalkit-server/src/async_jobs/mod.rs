@@ -30,11 +30,11 @@ pub mod record;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use modalkit_core::wire::AsyncInput;
-use modalkit_core::{Batcher, Error, InferencePipeline, SubmitOptions, Ticket};
+use modalkit_core::{Batcher, Error, InferencePipeline, ItemTiming, SubmitOptions, Ticket};
 use modalkit_queue::Delivery;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -43,8 +43,9 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{parse_value, validate};
+use crate::traces::{SpanKind, TraceSpan, Tracer};
 use claims::{Claim, Claims};
-use outcome::deliver_outcome;
+use outcome::{JobTrace, deliver_outcome};
 use record::{JobEnd, JobRecord, JobStatus};
 use store::{JobStore, KeyClaim, StoreError, Transition};
 
@@ -155,6 +156,24 @@ pub struct AsyncJobs<P: InferencePipeline> {
     async_timeout: Duration,
     /// How long an unfinished record may live before it expires.
     record_ttl_seconds: f64,
+    tracer: Tracer,
+}
+
+/// A message the SQS consumer hands in (see [`AsyncJobs::run_consumed`]).
+pub struct ConsumedJob<I> {
+    /// Its job id.
+    pub id: Uuid,
+    /// The model it names (or the consumer's default).
+    pub model: String,
+    /// Whether it has a record already (`/predict_async` sent it); a
+    /// message from another producer gets one here.
+    pub recorded: bool,
+    /// The message.
+    pub envelope: AsyncInput<Value>,
+    /// Its parsed input, or why it is invalid.
+    pub input: Result<I, String>,
+    /// The trace it continues (its `traceparent` attribute).
+    pub traceparent: Option<String>,
 }
 
 impl<P: InferencePipeline> AsyncJobs<P> {
@@ -177,7 +196,23 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             tasks: TaskTracker::new(),
             async_timeout,
             record_ttl_seconds: async_timeout.as_secs_f64() + ttl_seconds,
+            tracer: Tracer::disabled(),
         }
+    }
+
+    /// Traces each job (a `job` span with its stages and delivery) with
+    /// `tracer`.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// Starts a job's span, continuing `traceparent`.
+    fn job_span(&self, id: Uuid, model: &str, traceparent: Option<&str>) -> TraceSpan {
+        let span = self.tracer.start("job", SpanKind::Consumer, traceparent);
+        span.set_str("modalkit.job_id", &id.to_string());
+        span.set_str("modalkit.model", model);
+        span
     }
 
     /// The job store.
@@ -203,13 +238,15 @@ impl<P: InferencePipeline> AsyncJobs<P> {
     /// Accepts a validated job for `model` and returns its id. A queue that
     /// is a URL this server may not call is a 422. With an idempotency key
     /// already used for the same request, returns that job's id and accepts
-    /// nothing new; with another request, 422.
+    /// nothing new; with another request, 422. The job's trace continues
+    /// `traceparent` (the accepting request's).
     pub async fn accept(
         &self,
         model: &str,
         envelope: AsyncInput<Value>,
         input: P::Input,
         idempotency: Option<IdempotencyKey>,
+        traceparent: Option<String>,
     ) -> Result<Uuid, ApiError> {
         for (field, queue) in [
             ("success_queue", &envelope.success_queue),
@@ -235,7 +272,9 @@ impl<P: InferencePipeline> AsyncJobs<P> {
                 }
             }
         }
-        let accepted = self.submit(id, model, envelope, input).await;
+        let accepted = self
+            .submit(id, model, envelope, input, traceparent.as_deref())
+            .await;
         if let (Err(_), Some(key)) = (&accepted, &idempotency)
             && let Err(err) = self.store.release_key(&key.key).await
         {
@@ -250,6 +289,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         model: &str,
         envelope: AsyncInput<Value>,
         input: P::Input,
+        traceparent: Option<&str>,
     ) -> Result<(), ApiError> {
         let batcher = self
             .batchers
@@ -259,11 +299,20 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             .create(JobRecord::queued(id, model, self.record_ttl_seconds))
             .await?;
         let submitted = match &self.intake {
-            JobIntake::Embedded => self.submit_embedded(id, batcher, envelope, input),
+            JobIntake::Embedded => {
+                let span = self.job_span(id, model, traceparent);
+                self.submit_embedded(id, batcher, envelope, input, span)
+            }
             #[cfg(feature = "sqs")]
             JobIntake::Durable { sqs, queue } => {
                 drop(input);
-                send_to_input_queue(sqs, queue, id, model, &envelope).await
+                let message = InputMessage {
+                    id,
+                    model,
+                    envelope: &envelope,
+                    traceparent,
+                };
+                send_to_input_queue(sqs, queue, &message).await
             }
         };
         if submitted.is_err()
@@ -280,6 +329,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         batcher: &Arc<Batcher<P>>,
         envelope: AsyncInput<Value>,
         input: P::Input,
+        span: TraceSpan,
     ) -> Result<(), ApiError> {
         let claim = self.claims.hold(id);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -293,15 +343,18 @@ impl<P: InferencePipeline> AsyncJobs<P> {
                 start
             }
         };
+        let timing = span.is_recording().then(Arc::default);
         let options = SubmitOptions {
             deadline: Some(Instant::now() + self.async_timeout),
             on_start: Some(Box::new(on_start)),
-            timing: None,
+            timing: timing.clone(),
         };
         let ticket = match batcher.submit_with(input, options) {
             Ok(ticket) => ticket,
             Err(err) => {
                 self.claims.release(id);
+                span.set_error(&err.to_string());
+                span.end();
                 return Err(err.into());
             }
         };
@@ -313,6 +366,8 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             envelope,
             store: Arc::clone(&self.store),
             delivery: Arc::clone(&self.delivery),
+            span,
+            timing,
         };
         self.tasks.spawn(held.finish(ticket));
         Ok(())
@@ -353,18 +408,26 @@ impl<P: InferencePipeline> AsyncJobs<P> {
 
     /// Runs a job that came through the input queue: skips it if it was
     /// cancelled (delivering its cancellation) or already ended, else runs
-    /// it, delivers its result and records its end. `recorded`: the job
-    /// has a record already (`/predict_async` sent it); a message from
-    /// another producer gets one here. `input` is the parsed message or why
-    /// it is invalid.
-    pub async fn run_consumed(
-        &self,
-        id: Uuid,
-        model: &str,
-        recorded: bool,
-        envelope: AsyncInput<Value>,
-        input: Result<P::Input, String>,
-    ) -> Disposition {
+    /// it, delivers its result and records its end, all in its `job` span.
+    pub async fn run_consumed(&self, job: ConsumedJob<P::Input>) -> Disposition {
+        let span = self.job_span(job.id, &job.model, job.traceparent.as_deref());
+        let disposition = self.run_consumed_in(job, &span).await;
+        span.end();
+        disposition
+    }
+
+    async fn run_consumed_in(&self, job: ConsumedJob<P::Input>, span: &TraceSpan) -> Disposition {
+        let ConsumedJob {
+            id,
+            model,
+            recorded,
+            envelope,
+            input,
+            ..
+        } = job;
+        let model = model.as_str();
+        let job_id = id.to_string();
+        let trace = JobTrace { id: &job_id, span };
         if !recorded
             && let Err(err) = self
                 .store
@@ -379,7 +442,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             Err(problem) => {
                 let end = deliver_outcome::<P::Output>(
                     &self.delivery,
-                    &id.to_string(),
+                    &trace,
                     envelope,
                     Err(Error::Item(problem)),
                 )
@@ -396,7 +459,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             Ok(Transition::Refused(JobStatus::Cancelled)) => {
                 deliver_outcome::<P::Output>(
                     &self.delivery,
-                    &id.to_string(),
+                    &trace,
                     envelope,
                     Err(Error::Cancelled),
                 )
@@ -415,27 +478,32 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         let Some(batcher) = self.batchers.get(model) else {
             let end = deliver_outcome::<P::Output>(
                 &self.delivery,
-                &id.to_string(),
+                &trace,
                 envelope,
                 Err(Error::Item(format!("unknown model '{model}'"))),
             )
             .await;
             return self.record_end(id, end).await;
         };
+        let timing: Option<Arc<OnceLock<ItemTiming>>> = span.is_recording().then(Arc::default);
         let options = SubmitOptions {
             deadline: Some(Instant::now() + self.async_timeout),
             on_start: None,
-            timing: None,
+            timing: timing.clone(),
         };
         let result = match batcher.submit_waiting(input, options).await {
             Ok(ticket) => ticket.await,
             Err(err) => Err(err),
         };
+        if let Some(timing) = timing.as_ref().and_then(|cell| cell.get()) {
+            span.record_item(timing, None);
+        }
         if let Err(err @ (Error::Unavailable { .. } | Error::Overloaded { .. })) = &result {
             tracing::warn!(job_id = %id, %err, "could not run the job here; releasing its message");
+            span.set_error(&format!("released: {err}"));
             return Disposition::Release;
         }
-        let end = deliver_outcome(&self.delivery, &id.to_string(), envelope, result).await;
+        let end = deliver_outcome(&self.delivery, &trace, envelope, result).await;
         self.record_end(id, end).await
     }
 
@@ -472,6 +540,8 @@ struct HeldJob {
     envelope: AsyncInput<Value>,
     store: Arc<dyn JobStore>,
     delivery: Arc<Delivery>,
+    span: TraceSpan,
+    timing: Option<Arc<OnceLock<ItemTiming>>>,
 }
 
 impl HeldJob {
@@ -484,6 +554,8 @@ impl HeldJob {
             envelope,
             store,
             delivery,
+            span,
+            timing,
         } = self;
         let job_id = id.to_string();
         let mut ticket = ticket;
@@ -506,15 +578,30 @@ impl HeldJob {
         // Dropped here: a cancelled job's item is discarded unseen.
         drop(ticket);
         claims.release(id);
-        let cancelled = matches!(result, Err(Error::Cancelled));
-        let end = deliver_outcome(&delivery, &job_id, envelope, result).await;
-        if cancelled {
-            return;
+        if let Some(timing) = timing.as_ref().and_then(|cell| cell.get()) {
+            span.record_item(timing, None);
         }
-        if let Err(err) = record_end(store.as_ref(), id, end).await {
+        let cancelled = matches!(result, Err(Error::Cancelled));
+        let trace = JobTrace {
+            id: &job_id,
+            span: &span,
+        };
+        let end = deliver_outcome(&delivery, &trace, envelope, result).await;
+        if !cancelled && let Err(err) = record_end(store.as_ref(), id, end).await {
             tracing::error!(%err, job_id, "could not record the job's end");
         }
+        span.end();
     }
+}
+
+/// An accepted job on its way to the input queue.
+#[cfg(feature = "sqs")]
+struct InputMessage<'a> {
+    id: Uuid,
+    model: &'a str,
+    envelope: &'a AsyncInput<Value>,
+    /// The accepting request's trace context, continued by the consumer.
+    traceparent: Option<&'a str>,
 }
 
 /// Puts an accepted job on the input queue and returns once SQS has it.
@@ -522,23 +609,25 @@ impl HeldJob {
 async fn send_to_input_queue(
     sqs: &modalkit_queue::SqsQueue,
     queue: &str,
-    id: Uuid,
-    model: &str,
-    envelope: &AsyncInput<Value>,
+    message: &InputMessage<'_>,
 ) -> Result<(), ApiError> {
-    let body = serde_json::to_string(envelope)
+    let body = serde_json::to_string(message.envelope)
         .map_err(|err| ApiError::Internal(format!("cannot encode the job: {err}")))?;
-    let job_id = id.to_string();
+    let job_id = message.id.to_string();
+    let mut attributes = vec![
+        (modalkit_queue::JOB_ID_ATTRIBUTE, job_id.as_str()),
+        (modalkit_queue::MODEL_ATTRIBUTE, message.model),
+    ];
+    if let Some(traceparent) = message.traceparent {
+        attributes.push((modalkit_queue::TRACEPARENT_ATTRIBUTE, traceparent));
+    }
     // Each job is its own FIFO group: jobs need no order among themselves,
     // and one group would let a FIFO queue hand out one job at a time.
     let outgoing = modalkit_queue::Outgoing {
         body: &body,
         dedup_id: &job_id,
         group_id: Some(&job_id),
-        attributes: &[
-            (modalkit_queue::JOB_ID_ATTRIBUTE, job_id.as_str()),
-            (modalkit_queue::MODEL_ATTRIBUTE, model),
-        ],
+        attributes: &attributes,
     };
     sqs.send_outgoing(queue, outgoing).await.map_err(|err| {
         ApiError::Unavailable(format!("the input queue did not take the job: {err}"))

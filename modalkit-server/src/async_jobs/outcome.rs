@@ -1,15 +1,17 @@
 //! Where an async job's result goes, byte for byte as modalkit sends it:
 //! the success output (with the request's `meta`) to `success_queue`, a
 //! failure to `failure_queue`, each only if named, labelled with the job
-//! id. Returns what the job store records.
+//! id and the `traceparent` of its `delivery` span. Returns what the job
+//! store records.
 
 use modalkit_core::Error;
 use modalkit_core::wire::{AsyncInput, DelayedFailure, ItemFailureMessage, SuccessMessage};
-use modalkit_queue::Delivery;
+use modalkit_queue::{Delivery, JobLabels, Outcome};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::record::{CANCELLED_ERROR, JobEnd};
+use crate::traces::{SpanKind, TraceSpan};
 
 /// Delivers `result` as `envelope` asks and returns how the job ended.
 /// Never fails: what cannot be delivered is dead-lettered by [`Delivery`].
@@ -21,15 +23,37 @@ use super::record::{CANCELLED_ERROR, JobEnd};
 /// whole request.
 pub async fn deliver_outcome<O: Serialize>(
     delivery: &Delivery,
-    job_id: &str,
+    job: &JobTrace<'_>,
     envelope: AsyncInput<Value>,
     result: Result<O, Error>,
 ) -> JobEnd {
     let (queue, text, end) = message_for(envelope, result);
+    if let JobEnd::Failed(error) = &end {
+        job.span.set_error(error);
+    }
     if !queue.is_empty() {
-        delivery.deliver_job_result(&queue, &text, job_id).await;
+        let span = job.span.child("delivery", SpanKind::Producer);
+        span.set_str("messaging.destination.name", &queue);
+        let traceparent = span.traceparent();
+        let labels = JobLabels {
+            job_id: job.id,
+            traceparent: traceparent.as_deref(),
+        };
+        let outcome = delivery.deliver_job_result(&queue, &text, &labels).await;
+        if outcome != Outcome::Delivered {
+            span.set_error("undeliverable: dead-lettered");
+        }
+        span.end();
     }
     end
+}
+
+/// A job's id and its span (the parent of its `delivery` span).
+pub struct JobTrace<'a> {
+    /// The job's id.
+    pub id: &'a str,
+    /// The job's span.
+    pub span: &'a TraceSpan,
 }
 
 /// The queue a result goes to, its bytes, and how the job ended.

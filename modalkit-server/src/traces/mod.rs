@@ -1,0 +1,388 @@
+//! Request and job traces (OpenTelemetry).
+//!
+//! With the `otel` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans are exported over
+//! OTLP/HTTP; the standard `OTEL_*` variables configure the rest (service
+//! name, resource attributes, headers, timeout, sampler, batch processor).
+//! Otherwise tracing is off and costs a header lookup per request.
+//!
+//! The spans:
+//!
+//! ```text
+//! POST /predict_sync (server, parent: the request's `traceparent`)
+//!   ├─ queue_wait    submit -> its batch starts
+//!   ├─ preprocess    ┐
+//!   ├─ predict       ├ its batch's stages (shared by the batch's items)
+//!   └─ postprocess   ┘
+//! job (consumer, parent: the accepting request, across SQS too)
+//!   ├─ queue_wait, preprocess, predict, postprocess
+//!   └─ delivery      (its `traceparent` goes on the result message / webhook)
+//! ```
+//!
+//! Stage spans are built after the item is answered, from the batcher's
+//! [`ItemTiming`], so the worker thread does no tracing work. Export runs on
+//! the SDK's own thread with a bounded queue: a slow or failing collector
+//! drops spans and never slows or fails a request. Without a recording span
+//! an incoming `traceparent` is still passed on, unchanged, to a job's
+//! result, so the caller's trace stays linked.
+
+#[cfg(feature = "otel")]
+mod otlp;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use modalkit_core::ItemTiming;
+
+/// The W3C trace-context header and message attribute.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// What a span stands for, as OpenTelemetry's span kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    /// An HTTP request this server answers.
+    Server,
+    /// An async job this server runs (from its own intake or a queue).
+    Consumer,
+    /// A result this server sends to a queue or webhook.
+    Producer,
+    /// A step inside one of the above.
+    Internal,
+}
+
+/// Starts spans: exporting when configured, else a no-op that only passes
+/// incoming trace contexts on. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Tracer {
+    #[cfg(feature = "otel")]
+    otlp: Option<otlp::Exporting>,
+}
+
+impl Tracer {
+    /// A tracer that records nothing.
+    pub fn disabled() -> Self {
+        Tracer::default()
+    }
+
+    /// The tracer the environment asks for: exporting over OTLP when the
+    /// `otel` feature is built and an OTLP endpoint is set (and
+    /// `OTEL_SDK_DISABLED` is not `true`); `service_name` unless
+    /// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` names one. A
+    /// configuration the exporter refuses is logged and leaves tracing off.
+    pub fn from_env(service_name: &str) -> Self {
+        let wanted = [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
+            && !std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim() == "true")
+            && !std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+        if !wanted {
+            return Tracer::disabled();
+        }
+        #[cfg(feature = "otel")]
+        {
+            match otlp::Exporting::from_env(service_name) {
+                Ok(exporting) => {
+                    tracing::info!(endpoint = %exporting.endpoint(), "exporting traces over OTLP/HTTP");
+                    Tracer {
+                        otlp: Some(exporting),
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(%err, "cannot export traces; tracing is off");
+                    Tracer::disabled()
+                }
+            }
+        }
+        #[cfg(not(feature = "otel"))]
+        {
+            let _ = service_name;
+            tracing::warn!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set, but this binary was built without the `otel` feature; tracing is off"
+            );
+            Tracer::disabled()
+        }
+    }
+
+    /// Whether spans are exported.
+    pub fn is_enabled(&self) -> bool {
+        #[cfg(feature = "otel")]
+        {
+            self.otlp.is_some()
+        }
+        #[cfg(not(feature = "otel"))]
+        {
+            false
+        }
+    }
+
+    /// Starts a span now, as the child of `parent` (a W3C `traceparent`;
+    /// a root when absent or malformed).
+    pub fn start(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        parent: Option<&str>,
+    ) -> TraceSpan {
+        #[cfg(feature = "otel")]
+        if let Some(otlp) = &self.otlp {
+            return TraceSpan {
+                recording: Some(otlp.start(name.into(), kind, parent)),
+                inbound: None,
+            };
+        }
+        let _ = (name, kind);
+        TraceSpan {
+            #[cfg(feature = "otel")]
+            recording: None,
+            inbound: parent.map(Arc::from),
+        }
+    }
+
+    /// Exports what is buffered and stops exporting (blocks up to the
+    /// exporter's timeout; call it off the async threads).
+    pub fn shutdown(&self) {
+        #[cfg(feature = "otel")]
+        if let Some(otlp) = &self.otlp {
+            otlp.shutdown();
+        }
+    }
+}
+
+/// A span under way. Clones share it; it ends at [`TraceSpan::end`] (or
+/// when its last clone drops).
+#[derive(Clone, Default)]
+pub struct TraceSpan {
+    #[cfg(feature = "otel")]
+    recording: Option<otlp::Recording>,
+    /// Not recording: the caller's trace context, passed on as it came.
+    inbound: Option<Arc<str>>,
+}
+
+impl TraceSpan {
+    /// Whether this span is exported (sampled); stage timings are worth
+    /// collecting only then.
+    pub fn is_recording(&self) -> bool {
+        #[cfg(feature = "otel")]
+        if let Some(recording) = &self.recording {
+            return recording.is_sampled();
+        }
+        false
+    }
+
+    /// The `traceparent` that makes a receiver's span this span's child
+    /// (or, not recording, the caller's context passed on).
+    pub fn traceparent(&self) -> Option<String> {
+        #[cfg(feature = "otel")]
+        if let Some(recording) = &self.recording {
+            return recording.traceparent();
+        }
+        self.inbound.as_deref().map(str::to_owned)
+    }
+
+    /// Sets a string attribute.
+    pub fn set_str(&self, key: &'static str, value: &str) {
+        #[cfg(feature = "otel")]
+        if let Some(recording) = &self.recording {
+            recording.set(key, value.to_owned().into());
+        }
+        let _ = (key, value);
+    }
+
+    /// Sets an integer attribute.
+    pub fn set_int(&self, key: &'static str, value: i64) {
+        #[cfg(feature = "otel")]
+        if let Some(recording) = &self.recording {
+            recording.set(key, value.into());
+        }
+        let _ = (key, value);
+    }
+
+    /// Marks the span failed, with why.
+    pub fn set_error(&self, message: &str) {
+        #[cfg(feature = "otel")]
+        if let Some(recording) = &self.recording {
+            recording.set_error(message);
+        }
+        let _ = message;
+    }
+
+    /// Starts a child span now.
+    pub fn child(&self, name: &'static str, kind: SpanKind) -> TraceSpan {
+        #[cfg(feature = "otel")]
+        if let Some(recording) = &self.recording {
+            return TraceSpan {
+                recording: Some(recording.child(name, kind, None)),
+                inbound: None,
+            };
+        }
+        let _ = (name, kind);
+        self.clone()
+    }
+
+    /// Adds the children an item's [`ItemTiming`] describes: `queue_wait`
+    /// and, when its stages ran, `preprocess`, `predict` and `postprocess`.
+    /// `item`: its index in a multi-item request.
+    pub fn record_item(&self, timing: &ItemTiming, item: Option<usize>) {
+        #[cfg(feature = "otel")]
+        if let Some(recording) = &self.recording {
+            let clock = Clock::now();
+            let mut spans = vec![(
+                "queue_wait",
+                timing.batch_started.checked_sub(timing.queue),
+                timing.batch_started,
+            )];
+            if let Some(stages) = &timing.stages {
+                spans.push(("preprocess", Some(stages.preprocess), stages.predict));
+                spans.push(("predict", Some(stages.predict), stages.postprocess));
+                spans.push(("postprocess", Some(stages.postprocess), stages.finished));
+            }
+            for (name, start, end) in spans {
+                let start = clock.wall(start.unwrap_or(timing.batch_started));
+                let child = recording.child(name, SpanKind::Internal, Some(start));
+                child.set("modalkit.batch_size", (timing.batch_size as i64).into());
+                if let Some(index) = item {
+                    child.set("modalkit.item", (index as i64).into());
+                }
+                child.end_at(clock.wall(end));
+            }
+        }
+        let _ = (timing, item);
+    }
+
+    /// Ends the span now.
+    pub fn end(&self) {
+        #[cfg(feature = "otel")]
+        if let Some(recording) = &self.recording {
+            recording.end_at(SystemTime::now());
+        }
+    }
+}
+
+/// Maps the batcher's monotonic instants to wall-clock times.
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
+struct Clock {
+    instant: Instant,
+    wall: SystemTime,
+}
+
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
+impl Clock {
+    fn now() -> Self {
+        Clock {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn wall(&self, at: Instant) -> SystemTime {
+        match self.instant.checked_duration_since(at) {
+            Some(ago) => self.wall - ago,
+            None => self.wall + at.duration_since(self.instant),
+        }
+    }
+}
+
+/// Middleware on the model routes: one server span per request, the child
+/// of its `traceparent`, left in the request's extensions for the handler
+/// (which adds the stage spans). With tracing off and no `traceparent`, it
+/// does nothing.
+pub async fn trace_request(
+    State(tracer): State<Tracer>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let parent = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    if !tracer.is_enabled() && parent.is_none() {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let span = tracer.start(
+        format!("{} {route}", request.method()),
+        SpanKind::Server,
+        parent.as_deref(),
+    );
+    if span.is_recording() {
+        span.set_str("http.request.method", request.method().as_str());
+        span.set_str("http.route", route);
+        if let Some(id) = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            span.set_str("modalkit.request_id", id);
+        }
+    }
+    request.extensions_mut().insert(span.clone());
+    let response = next.run(request).await;
+    let status = response.status();
+    span.set_int("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.set_error(status.canonical_reason().unwrap_or("server error"));
+    }
+    span.end();
+    response
+}
+
+/// The span [`trace_request`] left for a request, if it is recording.
+pub fn recording_span(request: &Request) -> Option<TraceSpan> {
+    request
+        .extensions()
+        .get::<TraceSpan>()
+        .filter(|span| span.is_recording())
+        .cloned()
+}
+
+/// The trace context a request's job should continue: its span's (or, not
+/// recording, the caller's `traceparent` passed on).
+pub fn request_traceparent(request: &Request) -> Option<String> {
+    request
+        .extensions()
+        .get::<TraceSpan>()
+        .and_then(TraceSpan::traceparent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_an_exporter_the_callers_context_is_passed_on_unchanged() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let span = Tracer::disabled().start("POST /predict_async", SpanKind::Server, Some(caller));
+        assert!(!span.is_recording());
+        assert_eq!(span.traceparent().as_deref(), Some(caller));
+        let delivery = span.child("delivery", SpanKind::Producer);
+        assert_eq!(delivery.traceparent().as_deref(), Some(caller));
+        let untraced = Tracer::disabled().start("job", SpanKind::Consumer, None);
+        assert_eq!(untraced.traceparent(), None);
+    }
+
+    #[test]
+    fn the_clock_maps_instants_before_and_after_its_anchor() {
+        let clock = Clock::now();
+        let earlier = clock.instant - std::time::Duration::from_millis(5);
+        let later = clock.instant + std::time::Duration::from_millis(7);
+        assert_eq!(
+            clock.wall.duration_since(clock.wall(earlier)).ok(),
+            Some(std::time::Duration::from_millis(5))
+        );
+        assert_eq!(
+            clock.wall(later).duration_since(clock.wall).ok(),
+            Some(std::time::Duration::from_millis(7))
+        );
+    }
+}
