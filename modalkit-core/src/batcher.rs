@@ -33,6 +33,11 @@ pub struct BatcherConfig {
     pub max_batch_size: usize,
     /// Longest an item waits for its batch to fill, from its arrival.
     pub wait: Duration,
+    /// Load-aware filling: after a batch, the next one waits for that
+    /// batch's clients to come back, at most this long from its end (and at
+    /// most an eighth of its compute time); zero turns it off. See
+    /// `intake.rs`.
+    pub adaptive_wait: Duration,
     /// Most items queued; past it [`Batcher::submit`] fails with
     /// [`Error::Overloaded`].
     pub max_queue_depth: usize,
@@ -56,6 +61,7 @@ impl BatcherConfig {
         BatcherConfig {
             max_batch_size: app.batch_config.max_batch_size,
             wait: Duration::from_millis(app.batch_config.wait_ms),
+            adaptive_wait: Duration::from_secs_f64(app.batch_config.adaptive_wait_ms / 1000.0),
             max_queue_depth: app.server_config.max_queue_depth,
             workers: app.server_config.workers,
             default_timeout: Duration::from_secs_f64(app.server_config.request_timeout_seconds),
@@ -69,6 +75,7 @@ impl Default for BatcherConfig {
         BatcherConfig {
             max_batch_size: 32,
             wait: Duration::from_millis(5),
+            adaptive_wait: Duration::from_millis(1),
             max_queue_depth: 1024,
             workers: 1,
             default_timeout: Duration::from_secs(60),

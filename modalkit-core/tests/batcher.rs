@@ -287,6 +287,86 @@ async fn the_next_batch_forms_while_one_computes() {
     );
 }
 
+/// Eight clients that each resubmit as soon as their result arrives, on a
+/// 30 ms pipeline: the mean batch size, leaving out the first and last three
+/// batches.
+async fn steady_clients_mean_batch(model: &str, adaptive_wait: Duration) -> f64 {
+    let config = BatcherConfig {
+        adaptive_wait,
+        ..config(16, 0)
+    };
+    let (batcher, log) = start(model, config);
+    let batcher = Arc::new(batcher);
+    let clients: Vec<_> = (0..8u64)
+        .map(|client| {
+            let batcher = Arc::clone(&batcher);
+            tokio::spawn(async move {
+                for round in 0..12u64 {
+                    // Clients come back at slightly different times, as
+                    // over a network.
+                    tokio::time::sleep(Duration::from_micros(100 * client)).await;
+                    let item = Job {
+                        id: client * 100 + round,
+                        sleep_ms: 30,
+                        ..Job::default()
+                    };
+                    batcher.submit(item).unwrap().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let sizes: Vec<usize> = batches(&log).iter().map(|b| b.ids.len()).collect();
+    // The first batches form while clients start, the last while they stop.
+    let steady = sizes
+        .get(3..sizes.len().saturating_sub(3))
+        .unwrap_or_else(|| panic!("too few batches: {sizes:?}"));
+    steady.iter().sum::<usize>() as f64 / steady.len().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_aware_filling_keeps_batches_full_under_steady_clients() {
+    let filled = steady_clients_mean_batch("fill-on", Duration::from_millis(3)).await;
+    assert!(
+        filled >= 7.0,
+        "eight steady clients fill batches of ~8 (mean {filled:.2})"
+    );
+    // Without it, the first client back starts a batch alone.
+    let ragged = steady_clients_mean_batch("fill-off", Duration::ZERO).await;
+    assert!(
+        ragged < filled,
+        "filling helps: {ragged:.2} without, {filled:.2} with"
+    );
+}
+
+#[tokio::test]
+async fn load_aware_filling_never_holds_a_lone_client_back() {
+    // A lone client's batches held one item: nothing to wait for, even
+    // with a long fill wait allowed and a slow pipeline.
+    let config = BatcherConfig {
+        adaptive_wait: Duration::from_secs(5),
+        ..config(16, 0)
+    };
+    let (batcher, log) = start("fill-lone", config);
+    let started = Instant::now();
+    for round in 0..5 {
+        let item = Job {
+            id: round,
+            sleep_ms: 40,
+            ..Job::default()
+        };
+        assert_eq!(batcher.submit(item).unwrap().await.unwrap().batch_size, 1);
+    }
+    assert_eq!(batches(&log).len(), 5);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no 5 s fill wait was taken: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_full_queue_refuses_at_once_and_admitted_items_still_succeed() {
     let mut cfg = config(1, 0);

@@ -1,9 +1,20 @@
 //! The intake queue shared by submitters and workers: a bounded deque under a
 //! mutex, a condition variable that wakes workers, and the batch-forming rule.
+//!
+//! A batch starts when `max_batch_size` items are queued, or when the oldest
+//! has waited `wait`; then, with load-aware filling, not before the clients
+//! of the batch that just finished had their chance to come back: until as
+//! many items are queued as were queued when it finished plus its size, or
+//! its fill wait is over (`adaptive_wait`, at most an eighth of its compute
+//! time, from its end). Under steady load those clients resubmit within a
+//! fraction of a millisecond; starting at once takes the first of them alone
+//! and leaves the rest for the next batch, and batches stay ragged. A lone
+//! client is its own last batch: its next item meets the target at once, so
+//! nothing waits at low load.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics::{Gauge, Histogram};
 use tokio::sync::{oneshot, watch};
@@ -49,6 +60,15 @@ struct Queue<P: InferencePipeline> {
     open: bool,
     failed: Option<String>,
     reload_generation: u64,
+    /// Load-aware filling after the last batch, until the next one starts.
+    fill: Option<Fill>,
+}
+
+/// What the next batch waits for: `target` items, until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Fill {
+    target: usize,
+    until: Instant,
 }
 
 /// The batcher's shared state.
@@ -103,6 +123,7 @@ impl<P: InferencePipeline> Shared<P> {
                 open: true,
                 failed: None,
                 reload_generation: 0,
+                fill: None,
             }),
             config,
             work_ready: Condvar::new(),
@@ -110,6 +131,31 @@ impl<P: InferencePipeline> Shared<P> {
             state,
             metrics: BatchMetrics::new(model),
             room: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Records that a batch of `size` items finished after computing for
+    /// `elapsed`: the next batch may wait for its clients to come back (see
+    /// the module docs); the wait is at most an eighth of `elapsed`, so fast
+    /// pipelines barely wait.
+    pub fn batch_computed(&self, size: usize, elapsed: Duration) {
+        let wait = self.config.adaptive_wait.min(elapsed / 8);
+        if wait.is_zero() {
+            return;
+        }
+        let max = self.config.max_batch_size.max(1);
+        let mut queue = self.lock();
+        queue.fill = Some(Fill {
+            target: (queue.items.len() + size).min(max),
+            until: Instant::now() + wait,
+        });
+    }
+
+    /// Until when load-aware filling holds the next batch back (`now`: not).
+    fn fill_until(queue: &Queue<P>, now: Instant) -> Instant {
+        match queue.fill {
+            Some(fill) if queue.items.len() < fill.target => fill.until.max(now),
+            _ => now,
         }
     }
 
@@ -235,8 +281,8 @@ impl<P: InferencePipeline> Shared<P> {
                     .unwrap_or_else(|p| p.into_inner());
                 continue;
             };
-            let flush_at = oldest.arrived + self.config.wait;
             let now = Instant::now();
+            let flush_at = (oldest.arrived + self.config.wait).max(Self::fill_until(&queue, now));
             if queue.items.len() >= max || now >= flush_at || !queue.open {
                 let batch = self.take_batch(&mut queue, max, now);
                 self.metrics.queue_depth.set(queue.items.len() as f64);
@@ -244,6 +290,7 @@ impl<P: InferencePipeline> Shared<P> {
                 if batch.is_empty() {
                     continue;
                 }
+                queue.fill = None;
                 return Next::Batch(batch);
             }
             queue = self

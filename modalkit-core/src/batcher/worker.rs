@@ -157,7 +157,9 @@ fn compute_batch<P: InferencePipeline>(
             );
         }
     }
-    tracing::debug!(elapsed = ?started.elapsed(), "batch done");
+    let elapsed = started.elapsed();
+    shared.batch_computed(batch.size, elapsed);
+    tracing::debug!(?elapsed, "batch done");
     outcome
 }
 

@@ -252,6 +252,14 @@ pub struct BatchConfig {
     #[serde(default = "default_wait_ms")]
     #[garde(range(max = 599_999))]
     pub wait_ms: u64,
+    /// Load-aware filling (modalkit-rs only): after a batch, the next one
+    /// waits for that batch's clients to resubmit (as many items as were
+    /// queued when it ended plus its size), at most this long from its end
+    /// and at most an eighth of its compute time. A lone client never
+    /// waits. 0: off.
+    #[serde(default = "default_adaptive_wait_ms")]
+    #[garde(range(min = 0.0, max = 1000.0))]
+    pub adaptive_wait_ms: f64,
 }
 
 /// modalkit's field defaults, for a `batch_config` given in part.
@@ -260,6 +268,9 @@ fn default_max_batch_size() -> usize {
 }
 fn default_wait_ms() -> u64 {
     0
+}
+fn default_adaptive_wait_ms() -> f64 {
+    1.0
 }
 
 /// Without any `batch_config` (modalkit requires one), the server batches.
@@ -271,6 +282,7 @@ impl Default for BatchConfig {
         BatchConfig {
             max_batch_size: UNCONFIGURED_MAX_BATCH_SIZE,
             wait_ms: UNCONFIGURED_WAIT_MS,
+            adaptive_wait_ms: default_adaptive_wait_ms(),
         }
     }
 }
