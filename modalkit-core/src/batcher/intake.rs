@@ -13,6 +13,7 @@
 //! nothing waits at low load.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,10 @@ use tokio::sync::{oneshot, watch};
 use super::{BatcherConfig, BatcherState, ItemTiming};
 use crate::error::{Error, Result};
 use crate::pipeline::InferencePipeline;
+
+/// How long a worker that just finished a batch spins for the next item
+/// before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// One queued item.
 pub(super) struct Pending<P: InferencePipeline> {
@@ -77,6 +82,10 @@ pub(super) struct Shared<P: InferencePipeline> {
     pub config: BatcherConfig,
     queue: Mutex<Queue<P>>,
     work_ready: Condvar,
+    /// Workers blocked on `work_ready` (a push signals it only when one is).
+    sleeping: AtomicUsize,
+    /// Items queued, readable without the lock (a worker spins on it).
+    queued: AtomicUsize,
     /// Batches hold it shared, volume reloads exclusively: a reload never
     /// overlaps a batch on any worker.
     pub compute_gate: RwLock<()>,
@@ -127,6 +136,8 @@ impl<P: InferencePipeline> Shared<P> {
             }),
             config,
             work_ready: Condvar::new(),
+            sleeping: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             compute_gate: RwLock::new(()),
             state,
             metrics: BatchMetrics::new(model),
@@ -189,9 +200,13 @@ impl<P: InferencePipeline> Shared<P> {
             return Err(Refused { error, pending });
         }
         queue.items.push_back(pending);
-        self.metrics.queue_depth.set(queue.items.len() as f64);
+        self.set_depth(&queue);
         drop(queue);
-        self.work_ready.notify_one();
+        // A worker that went to sleep did so holding the lock, so it is
+        // counted by now; a spinning one sees `queued`.
+        if self.sleeping.load(Ordering::Acquire) > 0 {
+            self.work_ready.notify_one();
+        }
         Ok(())
     }
 
@@ -222,8 +237,9 @@ impl<P: InferencePipeline> Shared<P> {
             let mut queue = self.lock();
             queue.open = false;
             queue.failed.get_or_insert_with(|| reason.to_owned());
-            self.metrics.queue_depth.set(0.0);
-            queue.items.drain(..).collect()
+            let drained = queue.items.drain(..).collect();
+            self.set_depth(&queue);
+            drained
         };
         self.room.notify_waiters();
         tracing::error!(model = %self.model, reason, failed_items = drained.len(), "fatal device error: intake stopped");
@@ -240,8 +256,9 @@ impl<P: InferencePipeline> Shared<P> {
     pub fn fail_queued(&self, reason: &str) -> usize {
         let drained: Vec<Pending<P>> = {
             let mut queue = self.lock();
-            self.metrics.queue_depth.set(0.0);
-            queue.items.drain(..).collect()
+            let drained = queue.items.drain(..).collect();
+            self.set_depth(&queue);
+            drained
         };
         self.room.notify_waiters();
         let count = drained.len();
@@ -258,9 +275,55 @@ impl<P: InferencePipeline> Shared<P> {
         }
     }
 
+    /// The queue's depth, for the gauge and for spinning workers.
+    fn set_depth(&self, queue: &Queue<P>) {
+        self.queued.store(queue.items.len(), Ordering::Release);
+        self.metrics.queue_depth.set(queue.items.len() as f64);
+    }
+
+    /// Waits on `work_ready` (at most `timeout`), counted in `sleeping` so
+    /// pushes signal only when someone sleeps.
+    fn sleep<'a>(
+        &self,
+        queue: MutexGuard<'a, Queue<P>>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, Queue<P>> {
+        self.sleeping.fetch_add(1, Ordering::AcqRel);
+        let queue = match timeout {
+            None => self
+                .work_ready
+                .wait(queue)
+                .unwrap_or_else(|p| p.into_inner()),
+            Some(timeout) => self
+                .work_ready
+                .wait_timeout(queue, timeout)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0),
+        };
+        self.sleeping.fetch_sub(1, Ordering::AcqRel);
+        queue
+    }
+
+    /// Polls (without the lock) until an item is queued or `SPIN` passed:
+    /// a worker that just answered a batch usually gets the next request of
+    /// the same clients within tens of microseconds, and waking a sleeping
+    /// thread costs about as much as a no-op pipeline's whole request. Each
+    /// poll yields the CPU, so under load the async threads that parse the
+    /// requests run first.
+    fn spin_for_work(&self) {
+        let started = Instant::now();
+        while self.queued.load(Ordering::Acquire) == 0 {
+            if started.elapsed() >= SPIN {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Blocks until there is something for this worker to do.
     pub fn next(&self, seen_reload: &mut u64) -> Next<P> {
         let max = self.config.max_batch_size.max(1);
+        let mut may_spin = true;
         let mut queue = self.lock();
         loop {
             if queue.failed.is_some() {
@@ -275,17 +338,21 @@ impl<P: InferencePipeline> Shared<P> {
                 if !queue.open {
                     return Next::Exit;
                 }
-                queue = self
-                    .work_ready
-                    .wait(queue)
-                    .unwrap_or_else(|p| p.into_inner());
+                if may_spin {
+                    may_spin = false;
+                    drop(queue);
+                    self.spin_for_work();
+                    queue = self.lock();
+                } else {
+                    queue = self.sleep(queue, None);
+                }
                 continue;
             };
             let now = Instant::now();
             let flush_at = (oldest.arrived + self.config.wait).max(Self::fill_until(&queue, now));
             if queue.items.len() >= max || now >= flush_at || !queue.open {
                 let batch = self.take_batch(&mut queue, max, now);
-                self.metrics.queue_depth.set(queue.items.len() as f64);
+                self.set_depth(&queue);
                 self.room.notify_waiters();
                 if batch.is_empty() {
                     continue;
@@ -293,11 +360,7 @@ impl<P: InferencePipeline> Shared<P> {
                 queue.fill = None;
                 return Next::Batch(batch);
             }
-            queue = self
-                .work_ready
-                .wait_timeout(queue, flush_at - now)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|p| p.into_inner().0);
+            queue = self.sleep(queue, Some(flush_at - now));
         }
     }
 
@@ -311,6 +374,7 @@ impl<P: InferencePipeline> Shared<P> {
             }
             if let Some(dead) = queue.items.pop_front() {
                 self.discard(dead, now);
+                self.set_depth(queue);
                 self.room.notify_waiters();
             }
         }
