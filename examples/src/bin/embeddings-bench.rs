@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use modalkit::InferencePipeline;
 use modalkit_examples::embeddings::{EmbeddingInput, Embeddings};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// mimalloc, as the server: modalkit's default `mimalloc` feature.
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

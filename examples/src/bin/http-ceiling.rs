@@ -3,6 +3,10 @@
 //! It also takes OTLP trace exports (`POST /v1/traces`, answered 200 unread)
 //! as the sink of the traced run. `http-ceiling PORT`.
 
+// Linked for its allocator (mimalloc, modalkit's default), so both sides of
+// the comparison allocate alike and the difference is the framework's.
+use modalkit as _;
+
 use axum::Json;
 use axum::routing::post;
 use serde_json::{Value, json};

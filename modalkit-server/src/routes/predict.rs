@@ -93,8 +93,11 @@ fn timing_headers(arrived: Instant, submitted: Instant, timing: Option<&ItemTimi
     headers
 }
 
+/// Milliseconds with three decimals, from integer microseconds (float
+/// formatting showed in the no-op server's profile).
 fn millis(duration: std::time::Duration) -> String {
-    format!("{:.3}", duration.as_secs_f64() * 1000.0)
+    let micros = duration.as_micros();
+    format!("{}.{:03}", micros / 1000, micros % 1000)
 }
 
 /// An array of messages in, one `InferenceOutput` per message out, in order.
@@ -228,5 +231,17 @@ fn with_deadline(deadline: Instant) -> SubmitOptions {
         deadline: Some(deadline),
         on_start: None,
         timing: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn millis_have_three_decimals() {
+        assert_eq!(super::millis(Duration::from_micros(1_234_567)), "1234.567");
+        assert_eq!(super::millis(Duration::from_micros(42)), "0.042");
+        assert_eq!(super::millis(Duration::from_nanos(999)), "0.000");
     }
 }
