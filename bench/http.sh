@@ -3,7 +3,8 @@
 # constant JSON (the ceiling), then the modalkit-rs server with a no-op
 # pipeline, then the same server with tracing on (every request sampled,
 # exported over OTLP/HTTP to the ceiling process, which answers 200 unread),
-# each at concurrency 1 and 64. Prints requests/s, p50, p99 and the ratio to
+# and with 10% of traces sampled (OTEL_TRACES_SAMPLER=traceidratio), each at
+# concurrency 1 and 64. Prints requests/s, p50, p99 and the ratio to
 # the ceiling; writes the table to bench/out/http.md.
 #
 # Usage: bench/http.sh            (DURATION=10 seconds per run by default)
@@ -14,6 +15,7 @@ DURATION=${DURATION:-10}
 CEILING_PORT=8100
 SERVER_PORT=8101
 TRACED_PORT=8102
+SAMPLED_PORT=8103
 OUT=bench/out
 mkdir -p "$OUT"
 
@@ -32,6 +34,8 @@ target/release/http-ceiling "$CEILING_PORT" & pids+=($!)
 RUST_LOG=warn target/release/noop --config config/noop.yaml --host 127.0.0.1 --port "$SERVER_PORT" & pids+=($!)
 OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$CEILING_PORT" RUST_LOG=warn \
   target/release/noop --config config/noop.yaml --host 127.0.0.1 --port "$TRACED_PORT" & pids+=($!)
+OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$CEILING_PORT" OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 \
+  RUST_LOG=warn target/release/noop --config config/noop.yaml --host 127.0.0.1 --port "$SAMPLED_PORT" & pids+=($!)
 
 wait_port() {
   for _ in $(seq 1 200); do
@@ -40,7 +44,7 @@ wait_port() {
   done
   echo "nothing listens on port $1" >&2; exit 1
 }
-wait_port "$CEILING_PORT"; wait_port "$SERVER_PORT"; wait_port "$TRACED_PORT"
+wait_port "$CEILING_PORT"; wait_port "$SERVER_PORT"; wait_port "$TRACED_PORT"; wait_port "$SAMPLED_PORT"
 
 lua=$(mktemp --suffix=.lua)
 cat > "$lua" <<'LUA'
@@ -68,6 +72,7 @@ to_ms() { # wrk prints 1.23us / 4.56ms / 1.2s
 wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$CEILING_PORT/predict_sync" >/dev/null
 wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$SERVER_PORT/predict_sync" >/dev/null
 wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$TRACED_PORT/predict_sync" >/dev/null
+wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$SAMPLED_PORT/predict_sync" >/dev/null
 
 {
   echo "| case | concurrency | requests/s | p50 ms | p99 ms | vs ceiling |"
@@ -76,10 +81,12 @@ wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$TRACED_PORT/predict_sync" >/dev/nu
     read -r c_rps c_p50 c_p99 < <(run "$CEILING_PORT" "$c")
     read -r s_rps s_p50 s_p99 < <(run "$SERVER_PORT" "$c")
     read -r t_rps t_p50 t_p99 < <(run "$TRACED_PORT" "$c")
+    read -r r_rps r_p50 r_p99 < <(run "$SAMPLED_PORT" "$c")
     ratio() { awk -v a="$1" -v b="$c_rps" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
     echo "| bare axum (ceiling) | $c | $c_rps | $c_p50 | $c_p99 | 100% |"
     echo "| modalkit-rs, no-op pipeline | $c | $s_rps | $s_p50 | $s_p99 | $(ratio "$s_rps") |"
     echo "| modalkit-rs, no-op pipeline, traced | $c | $t_rps | $t_p50 | $t_p99 | $(ratio "$t_rps") |"
+    echo "| modalkit-rs, no-op pipeline, traced, 10% sampled | $c | $r_rps | $r_p50 | $r_p99 | $(ratio "$r_rps") |"
   done
 } | tee "$OUT/http.md"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per run, wrk -t1" | tee -a "$OUT/http.md"

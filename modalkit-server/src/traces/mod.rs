@@ -59,7 +59,7 @@ pub enum SpanKind {
 #[derive(Clone, Default)]
 pub struct Tracer {
     #[cfg(feature = "otel")]
-    otlp: Option<otlp::Exporting>,
+    otlp: Option<Arc<otlp::Exporting>>,
 }
 
 impl Tracer {
@@ -91,7 +91,7 @@ impl Tracer {
                 Ok(exporting) => {
                     tracing::info!(endpoint = %exporting.endpoint(), "exporting traces over OTLP/HTTP");
                     Tracer {
-                        otlp: Some(exporting),
+                        otlp: Some(Arc::new(exporting)),
                     }
                 }
                 Err(err) => {

@@ -19,7 +19,6 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use super::{SpanKind, TRACEPARENT};
 
 /// A tracer provider exporting to the configured OTLP endpoint.
-#[derive(Clone)]
 pub(super) struct Exporting {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
