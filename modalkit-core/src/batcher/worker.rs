@@ -17,6 +17,9 @@ use crate::pipeline::{ErrorKind, InferencePipeline, ItemResult, PipelineError};
 
 type Reply<O> = oneshot::Sender<Result<O>>;
 
+/// A batch's results, one per input, and when its stages ran.
+type StageOutput<O> = (Vec<ItemResult<O>>, StageTimes);
+
 /// The worker's main loop.
 pub(super) fn run<P: InferencePipeline>(
     shared: Arc<Shared<P>>,
@@ -221,7 +224,7 @@ fn run_stages<P: InferencePipeline>(
     shared: &Shared<P>,
     pipeline: &P,
     inputs: &[P::Input],
-) -> Result<(Vec<ItemResult<P::Output>>, StageTimes), PipelineError> {
+) -> Result<StageOutput<P::Output>, PipelineError> {
     let metrics = &shared.metrics;
     let attempt = catch_unwind(AssertUnwindSafe(|| {
         let preprocess = Instant::now();
