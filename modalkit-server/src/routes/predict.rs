@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{FromRequest, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use modalkit_core::wire::{AsyncInput, AsyncOutput, InferenceOutput, Meta};
 use modalkit_core::{Batcher, Error, InferencePipeline, ItemTiming, SubmitOptions, Ticket};
 use serde_json::Value;
@@ -75,23 +75,29 @@ pub async fn predict_sync<P: InferencePipeline>(
 fn timing_headers(arrived: Instant, submitted: Instant, timing: Option<&ItemTiming>) -> HeaderMap {
     let total = arrived.elapsed();
     let in_batcher = submitted.elapsed();
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    let mut headers = HeaderMap::with_capacity(4);
+    // Names as constants: a `&str` name is parsed on every insert.
+    let mut put = |name: HeaderName, value: String| {
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             headers.insert(name, value);
         }
     };
-    put("x-total-time", millis(total));
+    put(TOTAL_TIME, millis(total));
     if let Some(timing) = timing {
-        put("x-queue-time", millis(timing.queue));
+        put(QUEUE_TIME, millis(timing.queue));
         put(
-            "x-inference-time",
+            INFERENCE_TIME,
             millis(in_batcher.saturating_sub(timing.queue)),
         );
-        put("x-batch-size", timing.batch_size.to_string());
+        put(BATCH_SIZE, timing.batch_size.to_string());
     }
     headers
 }
+
+const TOTAL_TIME: HeaderName = HeaderName::from_static("x-total-time");
+const QUEUE_TIME: HeaderName = HeaderName::from_static("x-queue-time");
+const INFERENCE_TIME: HeaderName = HeaderName::from_static("x-inference-time");
+const BATCH_SIZE: HeaderName = HeaderName::from_static("x-batch-size");
 
 /// Milliseconds with three decimals, from integer microseconds (float
 /// formatting showed in the no-op server's profile).
