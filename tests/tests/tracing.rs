@@ -184,6 +184,39 @@ fn assert_stages(trace: &[&Span], parent: &Span, outer: Option<&Span>) {
     }
 }
 
+/// The tree under `root`, one span per line, indented by depth, with its
+/// kind, duration and ids.
+fn render(trace: &[&Span], root: &Span, depth: usize, out: &mut String) {
+    let kind = match root.kind {
+        SERVER => "server",
+        CONSUMER => "consumer",
+        PRODUCER => "producer",
+        _ => "internal",
+    };
+    out.push_str(&format!(
+        "{:indent$}{} ({kind}, {:.3} ms) span {} parent {}\n",
+        "",
+        root.name,
+        (root.end.saturating_sub(root.start)) as f64 / 1e6,
+        root.span_id,
+        if root.parent.is_empty() {
+            "-"
+        } else {
+            &root.parent
+        },
+        indent = depth * 2
+    ));
+    let mut children: Vec<&Span> = trace
+        .iter()
+        .copied()
+        .filter(|s| s.parent == root.span_id)
+        .collect();
+    children.sort_by_key(|s| s.start);
+    for child in children {
+        render(trace, child, depth + 1, out);
+    }
+}
+
 fn write_config(dir: &Path, queue_config: &str) -> PathBuf {
     let path = dir.join("modalkit.yaml");
     std::fs::write(
@@ -310,6 +343,31 @@ async fn requests_and_embedded_jobs_export_their_span_trees() {
         [format!("00-{async_trace}-{}-01", delivery.span_id)],
         "the webhook continues the delivery span"
     );
+
+    // Kept for the CI log (scripts/test.sh prints it): the trees checked.
+    let mut report =
+        String::from("Span trees an OTLP collector received (tests/tests/tracing.rs):\n");
+    for (trace_id, root) in [
+        (CALLER_TRACE, "POST /predict_sync"),
+        (async_trace, "POST /predict_async"),
+    ] {
+        let all = collected_all(&spans);
+        let refs = of_trace(&all, trace_id);
+        report.push_str(&format!("trace {trace_id}\n"));
+        render(&refs, one(&refs, root), 1, &mut report);
+    }
+    report.push_str(&format!(
+        "webhook traceparent: {}\n",
+        hooks.lock().unwrap()[0]
+    ));
+    println!("{report}");
+    let reports = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    std::fs::write(reports.join("tracing.txt"), report).unwrap();
+}
+
+fn collected_all(spans: &Spans) -> Vec<Span> {
+    spans.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
