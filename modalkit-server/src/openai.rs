@@ -33,10 +33,9 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, validate};
-use crate::routes::predict::{item_timings, record_items};
 use crate::server::ServerOptions;
 use crate::state::AppState;
-use crate::traces::recording_span;
+use crate::traces::request_span;
 
 /// A pipeline that turns one text into one vector.
 pub trait EmbeddingModel: InferencePipeline {
@@ -149,7 +148,7 @@ async fn embeddings<P: EmbeddingModel>(
     State(state): State<Arc<AppState<P>>>,
     request: Request,
 ) -> Result<Json<Value>, OpenAiError> {
-    let trace = recording_span(&request);
+    let trace = request_span(&request);
     let body = JsonBody::from_request(request, &()).await?;
     let request: EmbeddingsRequest = serde_json::from_slice(&body.0)
         .map_err(|err| OpenAiError::invalid("input", format!("invalid request body: {err}")))?;
@@ -187,7 +186,7 @@ async fn embeddings<P: EmbeddingModel>(
         .batcher(&model)
         .ok_or_else(|| ApiError::UnknownModel(model.clone(), state.model_names.clone()))?;
     let deadline = Instant::now() + state.limits.request_timeout;
-    let timings = item_timings(trace.is_some(), texts.len());
+    let timings = trace.timing_cells(texts.len());
     let mut tickets = Vec::with_capacity(texts.len());
     for (i, text) in texts.into_iter().enumerate() {
         let input = P::input_from_text(text);
@@ -215,9 +214,7 @@ async fn embeddings<P: EmbeddingModel>(
         };
         data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
     }
-    if let Some(trace) = &trace {
-        record_items(trace, &timings);
-    }
+    trace.record_items(&timings);
     Ok(Json(json!({
         "object": "list",
         "data": data,

@@ -7,7 +7,8 @@
 //! and model come from its `job_id` / `model` attributes (set by
 //! `/predict_async` in durable mode); a message from another producer gets
 //! a job id derived from its SQS message id, so a redelivery is the same
-//! job. A `traceparent` attribute makes the job's span continue that trace. A body that is not an `AsyncInput` goes to its failure queue (or
+//! job. A `traceparent` attribute makes the job's span continue that
+//! trace. A body that is not an `AsyncInput` goes to its failure queue (or
 //! the dead letters) and is deleted, never retried forever.
 
 use std::sync::Arc;

@@ -30,11 +30,11 @@ pub mod record;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modalkit_core::wire::AsyncInput;
-use modalkit_core::{Batcher, Error, InferencePipeline, ItemTiming, SubmitOptions, Ticket};
+use modalkit_core::{Batcher, Error, InferencePipeline, SubmitOptions, Ticket};
 use modalkit_queue::Delivery;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -43,7 +43,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{parse_value, validate};
-use crate::traces::{SpanKind, TraceSpan, Tracer};
+use crate::traces::{SpanKind, TimingCell, TraceSpan, Tracer};
 use claims::{Claim, Claims};
 use outcome::{JobTrace, deliver_outcome};
 use record::{JobEnd, JobRecord, JobStatus};
@@ -343,7 +343,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
                 start
             }
         };
-        let timing = span.is_recording().then(Arc::default);
+        let timing = span.timing_cell();
         let options = SubmitOptions {
             deadline: Some(Instant::now() + self.async_timeout),
             on_start: Some(Box::new(on_start)),
@@ -485,7 +485,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             .await;
             return self.record_end(id, end).await;
         };
-        let timing: Option<Arc<OnceLock<ItemTiming>>> = span.is_recording().then(Arc::default);
+        let timing = span.timing_cell();
         let options = SubmitOptions {
             deadline: Some(Instant::now() + self.async_timeout),
             on_start: None,
@@ -541,7 +541,7 @@ struct HeldJob {
     store: Arc<dyn JobStore>,
     delivery: Arc<Delivery>,
     span: TraceSpan,
-    timing: Option<Arc<OnceLock<ItemTiming>>>,
+    timing: Option<TimingCell>,
 }
 
 impl HeldJob {

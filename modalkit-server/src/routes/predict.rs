@@ -15,7 +15,7 @@ use crate::async_jobs::{IdempotencyKey, parse_message};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, parse_value, resolve_model, validate};
 use crate::state::AppState;
-use crate::traces::{TraceSpan, recording_span, request_traceparent};
+use crate::traces::{request_span, request_traceparent};
 
 type Output<P> = InferenceOutput<<P as InferencePipeline>::Output>;
 
@@ -41,7 +41,7 @@ pub async fn predict_sync<P: InferencePipeline>(
 ) -> Result<(HeaderMap, Json<Output<P>>), ApiError> {
     let arrived = Instant::now();
     let batcher = batcher_for(&state, query.as_deref())?;
-    let trace = recording_span(&request);
+    let trace = request_span(&request);
     let body = JsonBody::from_request(request, &()).await?;
     let input: P::Input = body.parse()?;
     validate(&input, "")?;
@@ -56,7 +56,7 @@ pub async fn predict_sync<P: InferencePipeline>(
         .await
         .map_err(|_| ApiError::DeadlineExceeded(timeout))?;
     let headers = timing_headers(arrived, submitted, timing.get());
-    if let (Some(trace), Some(timing)) = (&trace, timing.get()) {
+    if let Some(timing) = timing.get() {
         trace.record_item(timing, None);
     }
     match result {
@@ -114,7 +114,7 @@ pub async fn predict_batch<P: InferencePipeline>(
     request: Request,
 ) -> Result<Json<Vec<Output<P>>>, ApiError> {
     let batcher = batcher_for(&state, query.as_deref())?;
-    let trace = recording_span(&request);
+    let trace = request_span(&request);
     let body = JsonBody::from_request(request, &()).await?;
     let Value::Array(messages) = body.value()? else {
         return Err(ApiError::InvalidBody {
@@ -138,7 +138,7 @@ pub async fn predict_batch<P: InferencePipeline>(
     }
     let deadline = Instant::now() + state.limits.request_timeout;
     // Timings are collected only for a traced request's stage spans.
-    let timings = item_timings(trace.is_some(), inputs.len());
+    let timings = trace.timing_cells(inputs.len());
     // If the queue cannot take them all, the whole request is refused and
     // the tickets already issued are dropped, cancelling their items.
     let tickets: Vec<Ticket<P::Output>> = inputs
@@ -168,28 +168,8 @@ pub async fn predict_batch<P: InferencePipeline>(
     let outputs = tokio::time::timeout_at(deadline.into(), collect)
         .await
         .map_err(|_| ApiError::DeadlineExceeded(timeout))??;
-    if let Some(trace) = &trace {
-        record_items(trace, &timings);
-    }
+    trace.record_items(&timings);
     Ok(Json(outputs))
-}
-
-/// One timing cell per item when `traced`, else none.
-pub(crate) fn item_timings(traced: bool, items: usize) -> Vec<Arc<OnceLock<ItemTiming>>> {
-    if traced {
-        (0..items).map(|_| Arc::default()).collect()
-    } else {
-        Vec::new()
-    }
-}
-
-/// The stage spans of each item of a multi-item request.
-pub(crate) fn record_items(trace: &TraceSpan, timings: &[Arc<OnceLock<ItemTiming>>]) {
-    for (index, timing) in timings.iter().enumerate() {
-        if let Some(timing) = timing.get() {
-            trace.record_item(timing, Some(index));
-        }
-    }
 }
 
 /// Accepts a message as an async job and answers `{job_id}`: at once in

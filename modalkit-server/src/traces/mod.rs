@@ -30,13 +30,16 @@
 mod otlp;
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use modalkit_core::ItemTiming;
+
+/// Where the batcher records one item's timing (see [`TraceSpan::timing_cell`]).
+pub type TimingCell = Arc<OnceLock<ItemTiming>>;
 
 /// The W3C trace-context header and message attribute.
 pub const TRACEPARENT: &str = "traceparent";
@@ -226,6 +229,30 @@ impl TraceSpan {
         self.clone()
     }
 
+    /// A cell for the batcher to record an item's timing in, when this span
+    /// records (stage spans are worth collecting only then).
+    pub fn timing_cell(&self) -> Option<TimingCell> {
+        self.is_recording().then(Arc::default)
+    }
+
+    /// One cell per item of a multi-item request; none when not recording.
+    pub fn timing_cells(&self, items: usize) -> Vec<TimingCell> {
+        if self.is_recording() {
+            (0..items).map(|_| Arc::default()).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The stage spans of each item of a multi-item request, numbered.
+    pub fn record_items(&self, cells: &[TimingCell]) {
+        for (index, cell) in cells.iter().enumerate() {
+            if let Some(timing) = cell.get() {
+                self.record_item(timing, Some(index));
+            }
+        }
+    }
+
     /// Adds the children an item's [`ItemTiming`] describes: `queue_wait`
     /// and, when its stages ran, `preprocess`, `predict` and `postprocess`.
     /// `item`: its index in a multi-item request.
@@ -337,13 +364,14 @@ pub async fn trace_request(
     response
 }
 
-/// The span [`trace_request`] left for a request, if it is recording.
-pub fn recording_span(request: &Request) -> Option<TraceSpan> {
+/// The span [`trace_request`] left for a request (a span that records
+/// nothing when there is none).
+pub fn request_span(request: &Request) -> TraceSpan {
     request
         .extensions()
         .get::<TraceSpan>()
-        .filter(|span| span.is_recording())
         .cloned()
+        .unwrap_or_default()
 }
 
 /// The trace context a request's job should continue: its span's (or, not
