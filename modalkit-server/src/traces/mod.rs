@@ -144,7 +144,9 @@ impl Tracer {
         TraceSpan {
             #[cfg(feature = "otel")]
             recording: None,
-            inbound: parent.map(Arc::from),
+            // Passed on only if well formed: it goes into webhook headers
+            // and queue attributes, where junk could fail a delivery.
+            inbound: parent.filter(|p| is_traceparent(p)).map(Arc::from),
         }
     }
 
@@ -292,6 +294,19 @@ impl TraceSpan {
     }
 }
 
+/// Whether `text` is a W3C `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`,
+/// lower case, ids not all zero.
+fn is_traceparent(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |part: &str| part.bytes().any(|b| b != b'0');
+    matches!(parts.as_slice(), [version, trace, span, flags]
+        if *version == "00" && hex(trace, 32) && hex(span, 16) && hex(flags, 2)
+            && nonzero(trace) && nonzero(span))
+}
+
 /// Maps the batcher's monotonic instants to wall-clock times.
 #[cfg_attr(not(feature = "otel"), allow(dead_code))]
 struct Clock {
@@ -397,6 +412,20 @@ mod tests {
         assert_eq!(delivery.traceparent().as_deref(), Some(caller));
         let untraced = Tracer::disabled().start("job", SpanKind::Consumer, None);
         assert_eq!(untraced.traceparent(), None);
+    }
+
+    #[test]
+    fn a_malformed_traceparent_is_not_passed_on() {
+        for junk in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\nx: y",
+            "",
+        ] {
+            let span = Tracer::disabled().start("job", SpanKind::Consumer, Some(junk));
+            assert_eq!(span.traceparent(), None, "{junk:?}");
+        }
     }
 
     #[test]
