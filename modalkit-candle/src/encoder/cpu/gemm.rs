@@ -1,11 +1,15 @@
 //! Linear layers against weights packed once at load.
 //!
 //! A weight matrix is stored as panels of [`PANEL`] output columns, each
-//! panel `inputs × PANEL` contiguous, so the inner loop streams one panel
-//! while a tile of up to 12 activation rows (packed input-major) is
-//! broadcast against it: with AVX-512, 12 × 32 accumulators live in 24 of
-//! the 32 vector registers; with AVX2, 6 × 16 in 12 of the 16, six rows and
-//! half a panel at a time. Accumulators start at the bias and get the activation (GELU)
+//! panel two contiguous halves of `inputs × HALF`, so the inner loop
+//! streams a panel (AVX-512: both halves side by side) or half a panel
+//! (AVX2) sequentially while a tile of up to 12 activation rows (packed
+//! input-major) is broadcast against it: with AVX-512, 12 × 32 accumulators
+//! live in 24 of the 32 vector registers; with AVX2, 6 × 16 in 12 of the
+//! 16, six rows and half a panel at a time. (With whole 32-wide rows the
+//! AVX2 pass over one half read every other cache line, which the
+//! prefetchers follow poorly: a lone sentence, whose weights stream from
+//! L3, was half as fast as on AVX-512.) Accumulators start at the bias and get the activation (GELU)
 //! applied before they are stored. Nothing is packed per call but the activations, which are small.
 //!
 //! Work is split across rayon's pool by rows when there are many (a batch)
@@ -18,6 +22,8 @@ use super::{Threads, isa};
 
 /// Output columns in one packed panel (two 16-lane vectors).
 pub const PANEL: usize = 32;
+/// Output columns in one half of a panel, stored contiguously.
+const HALF: usize = PANEL / 2;
 /// The most activation rows one tile computes at once.
 const MAX_TILE_ROWS: usize = 12;
 /// Rows one task takes when a product is split by rows.
@@ -27,7 +33,7 @@ const ROWS_PER_TASK: usize = 4 * MAX_TILE_ROWS;
 pub struct PackedLinear {
     inputs: usize,
     outputs: usize,
-    /// `[outputs / PANEL][inputs][PANEL]`.
+    /// `[outputs / PANEL][2][inputs][HALF]`.
     panels: Vec<f32>,
     bias: Vec<f32>,
 }
@@ -53,10 +59,10 @@ impl PackedLinear {
             ));
         }
         let mut panels = vec![0f32; outputs * inputs];
-        for (panel, packed) in panels.chunks_exact_mut(inputs * PANEL).enumerate() {
-            for (input, row) in packed.chunks_exact_mut(PANEL).enumerate() {
+        for (half, packed) in panels.chunks_exact_mut(inputs * HALF).enumerate() {
+            for (input, row) in packed.chunks_exact_mut(HALF).enumerate() {
                 for (column, value) in row.iter_mut().enumerate() {
-                    *value = weight[(panel * PANEL + column) * inputs + input];
+                    *value = weight[(half * HALF + column) * inputs + input];
                 }
             }
         }
@@ -244,12 +250,20 @@ fn compute_panels(
 }
 
 /// The inputs of one tile: `x` is `inputs × rows` (packed input-major),
-/// `weights` one panel (`inputs × PANEL`).
+/// `weights` one panel (two halves of `inputs × HALF`).
 struct Tile<'a> {
     x: &'a [f32],
     weights: &'a [f32],
     bias: &'a [f32; PANEL],
     activation: Activation,
+}
+
+impl Tile<'_> {
+    /// The panel's two halves, one `[f32; HALF]` row per input each.
+    fn halves(&self) -> (&[[f32; HALF]], &[[f32; HALF]]) {
+        let (low, high) = self.weights.split_at(self.weights.len() / 2);
+        (low.as_chunks::<HALF>().0, high.as_chunks::<HALF>().0)
+    }
 }
 
 /// Stores a finished tile row, applying the activation.
@@ -266,13 +280,14 @@ fn finish_row(row: &mut [f32; PANEL], activation: Activation, out: &mut [f32]) {
 /// The tile on any CPU (plain loops; used where AVX2 is missing).
 fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
     let mut acc = [*tile.bias; MAX_TILE_ROWS];
-    for (x_column, weight_row) in tile
-        .x
-        .chunks_exact(rows)
-        .zip(tile.weights.chunks_exact(PANEL))
-    {
+    let (low, high) = tile.halves();
+    for ((x_column, low), high) in tile.x.chunks_exact(rows).zip(low).zip(high) {
         for (acc_row, &value) in acc.iter_mut().zip(x_column) {
-            for (a, &w) in acc_row.iter_mut().zip(weight_row) {
+            let (acc_low, acc_high) = acc_row.split_at_mut(HALF);
+            for (a, &w) in acc_low.iter_mut().zip(low) {
+                *a += value * w;
+            }
+            for (a, &w) in acc_high.iter_mut().zip(high) {
                 *a += value * w;
             }
         }
@@ -287,7 +302,7 @@ fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
 /// broadcast; 12 rows use 24 of the 32 vector registers.
 #[allow(unsafe_code)]
 mod avx512 {
-    use super::{MAX_TILE_ROWS, PANEL, Tile, finish_row, isa};
+    use super::{HALF, MAX_TILE_ROWS, PANEL, Tile, finish_row, isa};
 
     /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
     /// AVX-512 ([`isa::avx512`]).
@@ -325,7 +340,7 @@ mod avx512 {
         };
 
         #[inline(always)]
-        fn load(values: &[f32; 16]) -> __m512 {
+        fn load(values: &[f32; HALF]) -> __m512 {
             // SAFETY: reads exactly the 16 floats of `values`; AVX-512F is
             // enabled in the only caller.
             unsafe { _mm512_loadu_ps(values.as_ptr()) }
@@ -335,20 +350,13 @@ mod avx512 {
             // SAFETY: writes exactly the 16 floats of `values`.
             unsafe { _mm512_storeu_ps(values.as_mut_ptr(), vector) }
         }
-        let halves = |row: &[f32; PANEL]| -> (__m512, __m512) {
-            let (low, high) = row.split_at(16);
-            match (low.first_chunk::<16>(), high.first_chunk::<16>()) {
-                (Some(low), Some(high)) => (load(low), load(high)),
-                _ => unreachable!("a panel row has 32 values"),
-            }
-        };
-        let (bias_low, bias_high) = halves(tile.bias);
-        let mut low = [bias_low; ROWS];
-        let mut high = [bias_high; ROWS];
+        let (bias_low, bias_high) = tile.bias.as_chunks::<HALF>().0.split_at(1);
+        let mut low = [load(&bias_low[0]); ROWS];
+        let mut high = [load(&bias_high[0]); ROWS];
         let (x_columns, _) = tile.x.as_chunks::<ROWS>();
-        let (weight_rows, _) = tile.weights.as_chunks::<PANEL>();
-        for (x_column, weight_row) in x_columns.iter().zip(weight_rows) {
-            let (w_low, w_high) = halves(weight_row);
+        let (low_rows, high_rows) = tile.halves();
+        for ((x_column, low_row), high_row) in x_columns.iter().zip(low_rows).zip(high_rows) {
+            let (w_low, w_high) = (load(low_row), load(high_row));
             for row in 0..ROWS {
                 let value = _mm512_set1_ps(x_column[row]);
                 low[row] = _mm512_fmadd_ps(value, w_low, low[row]);
@@ -382,14 +390,12 @@ mod avx512 {
 /// before the other half.
 #[allow(unsafe_code)]
 mod avx2 {
-    use super::{MAX_TILE_ROWS, PANEL, Tile, isa};
+    use super::{HALF, MAX_TILE_ROWS, Tile, isa};
     use crate::encoder::cpu::gemm::Activation;
     use crate::encoder::cpu::ops::gelu;
 
     /// Rows computed together: 6 × 2 accumulators.
     const ROWS_AT_ONCE: usize = 6;
-    /// Outputs computed together: half a panel.
-    const HALF: usize = PANEL / 2;
 
     /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
     /// AVX2 and FMA ([`isa::avx2`]).
@@ -456,17 +462,18 @@ mod avx2 {
             unsafe { _mm256_storeu_ps(values.as_mut_ptr(), vector) }
         }
         #[inline(always)]
-        fn half<const H: usize>(row: &[f32; PANEL]) -> [__m256; 2] {
+        fn vectors(row: &[f32; HALF]) -> [__m256; 2] {
             let (chunks, _) = row.as_chunks::<8>();
-            [load(&chunks[2 * H]), load(&chunks[2 * H + 1])]
+            [load(&chunks[0]), load(&chunks[1])]
         }
-        let mut acc = [half::<H>(tile.bias); ROWS];
-        let (weight_rows, _) = tile.weights.as_chunks::<PANEL>();
+        let mut acc = [vectors(&tile.bias.as_chunks::<HALF>().0[H]); ROWS];
+        let (low_rows, high_rows) = tile.halves();
+        let weight_rows = if H == 0 { low_rows } else { high_rows };
         for (x_column, weight_row) in tile.x.chunks_exact(height).zip(weight_rows) {
             let Some(x) = x_column[first..].first_chunk::<ROWS>() else {
                 unreachable!("a packed column holds every row of the tile");
             };
-            let [w0, w1] = half::<H>(weight_row);
+            let [w0, w1] = vectors(weight_row);
             for row in 0..ROWS {
                 let value = _mm256_set1_ps(x[row]);
                 acc[row][0] = _mm256_fmadd_ps(value, w0, acc[row][0]);
