@@ -24,7 +24,8 @@ use super::{Threads, isa};
 pub const PANEL: usize = 32;
 /// Output columns in one half of a panel, stored contiguously.
 const HALF: usize = PANEL / 2;
-/// The most activation rows one tile computes at once.
+/// The most activation rows one tile computes at once (the AVX2 kernel
+/// takes more, see [`avx2::MAX_ROWS`]).
 const MAX_TILE_ROWS: usize = 12;
 /// Rows one task takes when a product is split by rows.
 const ROWS_PER_TASK: usize = 4 * MAX_TILE_ROWS;
@@ -142,8 +143,20 @@ pub fn linear(
     }
 }
 
-/// Computes one tile: `(rows, tile, out, out_stride)`.
-type TileKernel = fn(usize, &Tile, &mut [f32], usize);
+/// A tile kernel and the most rows one tile of it may have (taken only when
+/// that is all the rows there are).
+#[derive(Clone, Copy)]
+struct TileKernel {
+    /// Computes one tile: `(rows, tile, out, out_stride)`.
+    compute: fn(usize, &Tile, &mut [f32], usize),
+    max_rows: usize,
+}
+
+/// The tile on any CPU.
+const PORTABLE: TileKernel = TileKernel {
+    compute: portable_tile,
+    max_rows: MAX_TILE_ROWS,
+};
 
 /// Panels `first..first + count` of `activation(x Wᵀ + b)` into `out`
 /// (`rows × count·PANEL`, row-major), on the best tile kernel for this CPU.
@@ -155,10 +168,10 @@ fn block(
     activation: Activation,
     out: &mut [f32],
 ) {
-    let kernel: TileKernel = match isa::active() {
-        isa::Isa::Avx512 => avx512::tile,
-        isa::Isa::Avx2 => avx2::tile,
-        isa::Isa::Portable => portable_tile,
+    let kernel = match isa::active() {
+        isa::Isa::Avx512 => avx512::KERNEL,
+        isa::Isa::Avx2 => avx2::KERNEL,
+        isa::Isa::Portable => PORTABLE,
     };
     let panels = Panels {
         first,
@@ -178,9 +191,16 @@ fn block_with(
 ) {
     let inputs = layer.inputs;
     let rows = x.len() / inputs;
-    // Tiles of balanced heights (14 rows: 7 + 7, not 12 + 2), each packed
-    // input-major so the kernel reads one contiguous run per input.
-    let tiles = rows.div_ceil(MAX_TILE_ROWS);
+    // Tiles of balanced heights (26 rows: 9 + 9 + 8, not 12 + 12 + 2), each
+    // packed input-major so the kernel reads one contiguous run per input.
+    // Rows that fit in one tile of the kernel are one tile; more are tiles
+    // of at most 12, whose packed rows and half panel (K = 384) fit in L1
+    // together.
+    let tiles = if rows <= kernel.max_rows {
+        1
+    } else {
+        rows.div_ceil(MAX_TILE_ROWS)
+    };
     let mut heights = Vec::with_capacity(tiles);
     PACKED.with_borrow_mut(|packed| {
         packed.clear();
@@ -239,7 +259,7 @@ fn compute_panels(
                 bias,
                 activation: panels.activation,
             };
-            kernel(
+            (kernel.compute)(
                 height,
                 &tile,
                 &mut out[start * width + panel * PANEL..],
@@ -302,7 +322,13 @@ fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
 /// broadcast; 12 rows use 24 of the 32 vector registers.
 #[allow(unsafe_code)]
 mod avx512 {
-    use super::{HALF, MAX_TILE_ROWS, PANEL, Tile, finish_row, isa};
+    use super::{HALF, MAX_TILE_ROWS, PANEL, Tile, TileKernel, finish_row, isa};
+
+    /// Tiles of up to 12 rows.
+    pub const KERNEL: TileKernel = TileKernel {
+        compute: tile,
+        max_rows: MAX_TILE_ROWS,
+    };
 
     /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
     /// AVX-512 ([`isa::avx512`]).
@@ -390,21 +416,31 @@ mod avx512 {
 /// before the other half.
 #[allow(unsafe_code)]
 mod avx2 {
-    use super::{HALF, MAX_TILE_ROWS, Tile, isa};
+    use super::{HALF, Tile, TileKernel, isa};
     use crate::encoder::cpu::gemm::Activation;
     use crate::encoder::cpu::ops::gelu;
 
     /// Rows computed together: 6 × 2 accumulators.
     const ROWS_AT_ONCE: usize = 6;
+    /// Rows of a lone tile: three groups of six, each reading the half
+    /// panel from L1 after the first has brought it there. (A 14-token
+    /// sentence is one tile of 5 + 5 + 4 rows, not two of 4 + 3.)
+    pub const MAX_ROWS: usize = 3 * ROWS_AT_ONCE;
 
-    /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
-    /// AVX2 and FMA ([`isa::avx2`]).
+    /// Tiles of up to [`MAX_ROWS`] rows.
+    pub const KERNEL: TileKernel = TileKernel {
+        compute: tile,
+        max_rows: MAX_ROWS,
+    };
+
+    /// Computes a tile of `rows` (1..=[`MAX_ROWS`]) rows. Panics if the CPU
+    /// lacks AVX2 and FMA ([`isa::avx2`]).
     pub fn tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
         assert!(
             isa::avx2(),
             "AVX2 kernel called on a CPU without AVX2 and FMA"
         );
-        assert!((1..=MAX_TILE_ROWS).contains(&rows), "tile of {rows} rows");
+        assert!((1..=MAX_ROWS).contains(&rows), "tile of {rows} rows");
         // Half-panel major: both six-row groups run on one half panel while
         // it is hot in L1, then on the other.
         // SAFETY: the CPU supports AVX2 and FMA (asserted above), which is
@@ -415,13 +451,17 @@ mod avx2 {
         }
     }
 
-    /// Half `H` of the panel for all `rows`, six rows at a time.
+    /// Half `H` of the panel for all `rows`, in groups of at most six rows
+    /// of balanced heights (7 rows: 4 + 3, not 6 + 1). A group of fewer
+    /// than four rows waits on the FMA latency (4 cycles) with its few
+    /// accumulator chains, so a lone leftover row costs almost what four do.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn half_panel<const H: usize>(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
+        let groups = rows.div_ceil(ROWS_AT_ONCE);
         let mut first = 0;
-        while first < rows {
-            let count = (rows - first).min(ROWS_AT_ONCE);
+        for group in 0..groups {
+            let count = (rows - first).div_ceil(groups - group);
             let out = &mut out[first * stride..];
             match count {
                 1 => rows_of::<1, H>(tile, rows, first, out, stride),
@@ -548,9 +588,10 @@ mod tests {
         let bias = matrix(outputs, 2);
         let layer = PackedLinear::new(&weight, &bias, outputs, inputs).unwrap();
         for activation in [Activation::Identity, Activation::Gelu] {
-            // 1..=12 rows exercise each tile height; 13, 50 and 100 rows the
-            // balanced split into several tiles and both thread splits.
-            for rows in (1..=13).chain([50, 100]) {
+            // 1..=18 rows exercise each tile height (12 on AVX-512, 18 on
+            // AVX2) and each balanced split into row groups; 13, 19, 50 and
+            // 100 rows the split into several tiles and both thread splits.
+            for rows in (1..=19).chain([50, 100]) {
                 let x = matrix(rows * inputs, rows as u32 + 3);
                 let want = naive(&x, &weight, &bias, inputs, activation == Activation::Gelu);
                 for threads in [Threads::One, Threads::Pool] {
@@ -568,9 +609,9 @@ mod tests {
                     count: outputs / PANEL,
                     activation,
                 };
-                let mut kernels: Vec<(&str, TileKernel)> = vec![("portable", portable_tile)];
+                let mut kernels: Vec<(&str, TileKernel)> = vec![("portable", PORTABLE)];
                 if isa::avx2() {
-                    kernels.push(("avx2", avx2::tile));
+                    kernels.push(("avx2", avx2::KERNEL));
                 }
                 for (name, kernel) in kernels {
                     let mut out = vec![f32::NAN; rows * outputs];
