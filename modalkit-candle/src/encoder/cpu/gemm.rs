@@ -507,6 +507,7 @@ mod avx2 {
             let (chunks, _) = row.as_chunks::<8>();
             [load(&chunks[0]), load(&chunks[1])]
         }
+        const UNROLL: usize = 4;
         let mut acc = [vectors(&tile.bias.as_chunks::<HALF>().0[H]); ROWS];
         let (low_rows, high_rows) = tile.halves();
         let weight_rows = if H == 0 { low_rows } else { high_rows };
@@ -516,13 +517,31 @@ mod avx2 {
             "{ROWS} rows of {inputs} inputs"
         );
         let x = x.as_ptr();
-        for (input, weight_row) in weight_rows.iter().enumerate() {
+        // Four inputs per iteration: the rows' addresses are computed once
+        // for the four.
+        let (quads, rest) = weight_rows.as_chunks::<UNROLL>();
+        for (quad, weight_quad) in quads.iter().enumerate() {
+            for (step, weight_row) in weight_quad.iter().enumerate() {
+                let input = quad * UNROLL + step;
+                let [w0, w1] = vectors(weight_row);
+                // A hint only: prefetching never faults, in bounds or not.
+                _mm_prefetch::<_MM_HINT_T0>(
+                    weight_row.as_ptr().wrapping_add(PREFETCH_AHEAD).cast(),
+                );
+                for (row, [low, high]) in acc.iter_mut().enumerate() {
+                    // SAFETY: row < ROWS and input < inputs, so the offset is
+                    // inside the ROWS × inputs values of `x` (asserted).
+                    let value = _mm256_set1_ps(unsafe { *x.add(row * inputs + input) });
+                    *low = _mm256_fmadd_ps(value, w0, *low);
+                    *high = _mm256_fmadd_ps(value, w1, *high);
+                }
+            }
+        }
+        for (step, weight_row) in rest.iter().enumerate() {
+            let input = quads.len() * UNROLL + step;
             let [w0, w1] = vectors(weight_row);
-            // A hint only: prefetching never faults, in bounds or not.
-            _mm_prefetch::<_MM_HINT_T0>(weight_row.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
             for (row, [low, high]) in acc.iter_mut().enumerate() {
-                // SAFETY: row < ROWS and input < inputs, so the offset is
-                // inside the ROWS × inputs values of `x` (asserted).
+                // SAFETY: as above.
                 let value = _mm256_set1_ps(unsafe { *x.add(row * inputs + input) });
                 *low = _mm256_fmadd_ps(value, w0, *low);
                 *high = _mm256_fmadd_ps(value, w1, *high);
