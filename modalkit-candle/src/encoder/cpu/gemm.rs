@@ -4,13 +4,14 @@
 //! panel two contiguous halves of `inputs × HALF`, so the inner loop
 //! streams a panel (AVX-512: both halves side by side) or half a panel
 //! (AVX2) sequentially while a tile of up to 12 activation rows (read in
-//! place, one stream per row) is broadcast against it: with AVX-512, 12 × 32 accumulators
-//! live in 24 of the 32 vector registers; with AVX2, 6 × 16 in 12 of the
-//! 16, six rows and half a panel at a time. (With whole 32-wide rows the
-//! AVX2 pass over one half read every other cache line, which the
-//! prefetchers follow poorly: a lone sentence, whose weights stream from
-//! L3, was half as fast as on AVX-512.) Accumulators start at the bias and get the activation (GELU)
-//! applied before they are stored. Nothing is packed per call.
+//! place, one stream per row) is broadcast against it: with AVX-512,
+//! 12 × 32 accumulators live in 24 of the 32 vector registers; with AVX2,
+//! 6 × 16 in 12 of the 16, six rows and half a panel at a time. (With whole
+//! 32-wide rows the AVX2 pass over one half read every other cache line,
+//! which the prefetchers follow poorly: a lone sentence, whose weights
+//! stream from L3, was half as fast as on AVX-512.) Accumulators start at
+//! the bias and get the activation (GELU) applied before they are stored.
+//! Nothing is packed per call.
 //!
 //! Work is split across rayon's pool by rows when there are many (a batch)
 //! and by panels when there are few (one sentence), so both cores stay busy.
