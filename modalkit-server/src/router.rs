@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use modalkit_core::InferencePipeline;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::extract::BodyLimit;
 use crate::routes::{docs, health, jobs, predict};
 use crate::state::AppState;
-use crate::telemetry::record_request;
+use crate::telemetry::RecordRequestsLayer;
 use crate::traces::trace_request;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -53,7 +53,7 @@ pub fn build<P: InferencePipeline>(
 
     let mut router = open
         .merge(protected)
-        .route_layer(from_fn(record_request))
+        .route_layer(RecordRequestsLayer)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
