@@ -206,14 +206,20 @@ fn block_with(
     } else {
         rows.div_ceil(MAX_TILE_ROWS)
     };
-    let mut heights = Vec::with_capacity(tiles);
-    let mut start = 0;
-    for tile in 0..tiles {
-        let height = (rows - start).div_ceil(tiles - tile);
-        heights.push((start, height));
-        start += height;
-    }
+    let heights: Vec<(usize, usize)> = balanced_parts(rows, tiles).collect();
     compute_panels(kernel, x, &heights, layer, panels, out);
+}
+
+/// `total` rows cut into `parts` runs of heights differing by at most one,
+/// as `(first row, rows)`: 7 into 2 is 4 + 3, 26 into 3 is 9 + 9 + 8.
+fn balanced_parts(total: usize, parts: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut first = 0;
+    (0..parts).map(move |part| {
+        let height = (total - first).div_ceil(parts - part);
+        let run = (first, height);
+        first += height;
+        run
+    })
 }
 
 /// Which panels a [`block`] computes, and the activation applied.
@@ -417,7 +423,7 @@ mod avx512 {
 /// before the other half.
 #[allow(unsafe_code)]
 mod avx2 {
-    use super::{HALF, PREFETCH_AHEAD, Tile, TileKernel, isa};
+    use super::{HALF, PREFETCH_AHEAD, Tile, TileKernel, balanced_parts, isa};
     use crate::encoder::cpu::gemm::Activation;
     use crate::encoder::cpu::ops::gelu;
 
@@ -459,10 +465,7 @@ mod avx2 {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn half_panel<const H: usize>(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
-        let groups = rows.div_ceil(ROWS_AT_ONCE);
-        let mut first = 0;
-        for group in 0..groups {
-            let count = (rows - first).div_ceil(groups - group);
+        for (first, count) in balanced_parts(rows, rows.div_ceil(ROWS_AT_ONCE)) {
             let out = &mut out[first * stride..];
             let x = &tile.x[first * tile.inputs..(first + count) * tile.inputs];
             match count {
@@ -473,7 +476,6 @@ mod avx2 {
                 5 => rows_of::<5, H>(tile, x, out, stride),
                 _ => rows_of::<6, H>(tile, x, out, stride),
             }
-            first += count;
         }
     }
 
