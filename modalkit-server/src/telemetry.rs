@@ -77,10 +77,11 @@ pub fn init_tracing() {
 
 /// Route layer: counts requests and records their latency per route.
 ///
-/// A hand-written service, not `axum::middleware::from_fn`: that one clones
-/// and boxes the inner route and boxes its future on every request, which
-/// with the metrics work cost a no-op request 15-20% of its throughput. The
-/// handles are looked up once per thread and kind of request.
+/// A hand-written service, not `axum::middleware::from_fn`, which clones
+/// and boxes the inner route and boxes its future on every request; the
+/// handles are looked up once per thread and kind of request, not rebuilt
+/// from labels each time (callgrind, no-op server: 61.2k -> 57.7k
+/// instructions per request).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RecordRequestsLayer;
 
@@ -111,11 +112,12 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
         let route = request.extensions().get::<MatchedPath>().cloned();
         let method = method_label(request.method());
         Recorded {
             inner: self.inner.call(request),
-            started: Instant::now(),
+            started,
             route,
             method,
         }
