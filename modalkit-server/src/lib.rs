@@ -19,6 +19,7 @@ pub mod error;
 pub mod extract;
 pub mod openai;
 pub mod openapi;
+pub mod request_scope;
 pub mod router;
 pub mod routes;
 pub mod server;

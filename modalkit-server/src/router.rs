@@ -1,27 +1,28 @@
 //! The axum router: routes, auth on the predict and jobs routes, and the
-//! tower layers (body limit, request id, tracing, metrics, CORS).
+//! layers (request scope, body limit, CORS around the whole router; metrics
+//! and traces on each route).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderValue, Method};
 use axum::middleware::from_fn_with_state;
+use axum::response::Response;
 use axum::routing::{get, post};
 use modalkit_core::InferencePipeline;
+use tower::{Service, ServiceBuilder};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKey, require_api_key};
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
+use crate::request_scope::RequestScopeLayer;
 use crate::routes::{docs, health, jobs, predict};
 use crate::state::AppState;
 use crate::telemetry::RecordRequestsLayer;
-use crate::traces::trace_request;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::traces::TraceRequestsLayer;
 
 /// Builds the router for a server's state; `extra` routes (e.g. the
 /// OpenAI ones) sit behind the API key with the predict routes.
@@ -31,6 +32,21 @@ pub fn build<P: InferencePipeline>(
     cors_origins: &[String],
     extra: Option<Router<Arc<AppState<P>>>>,
 ) -> Router {
+    Router::new().fallback_service(service(state, api_key, cors_origins, extra))
+}
+
+/// What [`build`] routes to, as a bare service: the server serves it
+/// directly, which spares a router's lookup and a boxed clone per request.
+pub fn service<P: InferencePipeline>(
+    state: Arc<AppState<P>>,
+    api_key: Option<ApiKey>,
+    cors_origins: &[String],
+    extra: Option<Router<Arc<AppState<P>>>>,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static {
     let max_body = state.limits.max_body_bytes;
     let mut protected = extra
         .unwrap_or_default()
@@ -43,7 +59,7 @@ pub fn build<P: InferencePipeline>(
         protected = protected.route_layer(from_fn_with_state(key, require_api_key));
     }
     // Outside the key check, so refused requests are traced too.
-    protected = protected.route_layer(from_fn_with_state(state.tracer.clone(), trace_request));
+    protected = protected.route_layer(TraceRequestsLayer::new(state.tracer.clone()));
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready::<P>))
@@ -51,24 +67,23 @@ pub fn build<P: InferencePipeline>(
         .route("/openapi.json", get(docs::openapi_json::<P>))
         .route("/docs", get(docs::docs_page));
 
-    let mut router = open
+    // Per route: these need the matched route.
+    let routes = open
         .merge(protected)
         .route_layer(RecordRequestsLayer)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state);
+    // Around the whole router, once: `Router::layer` would wrap every route
+    // separately, and axum clones a route's stack of boxed services on
+    // every request.
+    let cors = (!cors_origins.is_empty()).then(|| cors(cors_origins));
+    ServiceBuilder::new()
+        .option_layer(cors)
+        .layer(RequestScopeLayer)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(BodyLimit(max_body)))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
-        }))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
-    if !cors_origins.is_empty() {
-        router = router.layer(cors(cors_origins));
-    }
-    router
+        .service(routes)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -359,6 +359,26 @@ impl<P: InferencePipeline> Server<P> {
         )
     }
 
+    /// What [`Server::router`] routes to, served without the router around it.
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        crate::router::service(
+            Arc::clone(&self.state),
+            self.api_key.clone(),
+            &self.settings.app_settings.server_config.cors_allow_origins,
+            self.extra_routes.clone(),
+        )
+    }
+
     /// Binds `server_config.host:port`.
     pub async fn bind(&self) -> Result<TcpListener, ServerError> {
         let config = &self.settings.app_settings.server_config;
@@ -378,7 +398,7 @@ impl<P: InferencePipeline> Server<P> {
     ) -> Result<Stopped, ServerError> {
         let address: Option<SocketAddr> = listener.local_addr().ok();
         tracing::info!(?address, models = ?self.state.model_names, "serving");
-        let router = self.router();
+        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(self.service());
         let state = Arc::clone(&self.state);
         let server_config = &self.settings.app_settings.server_config;
         let grace = Duration::from_secs_f64(server_config.shutdown_grace_seconds);
@@ -391,7 +411,7 @@ impl<P: InferencePipeline> Server<P> {
         }
         let (stop_http, mut http_stopped) = watch::channel(false);
         let http = tokio::spawn(async move {
-            let result = axum::serve(listener, router)
+            let result = axum::serve(listener, service)
                 .with_graceful_shutdown(async move {
                     let _ = http_stopped.wait_for(|stop| *stop).await;
                 })

@@ -30,13 +30,18 @@
 mod otlp;
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use modalkit_core::ItemTiming;
+use tower::{Layer, Service};
+
+use crate::request_scope::REQUEST_ID;
 
 /// Where the batcher records one item's timing (see [`TraceSpan::timing_cell`]).
 pub type TimingCell = Arc<OnceLock<ItemTiming>>;
@@ -331,22 +336,71 @@ impl Clock {
     }
 }
 
-/// Middleware on the model routes: one server span per request, the child
+/// Route layer on the model routes: one server span per request, the child
 /// of its `traceparent`, left in the request's extensions for the handler
 /// (which adds the stage spans). With tracing off and no `traceparent`, it
-/// does nothing.
-pub async fn trace_request(
-    State(tracer): State<Tracer>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// only looks the header up. Hand-written, not `axum::middleware::from_fn`
+/// (which clones and boxes the route and boxes its future per request).
+#[derive(Clone)]
+pub struct TraceRequestsLayer {
+    tracer: Tracer,
+}
+
+impl TraceRequestsLayer {
+    /// Spans started by `tracer`.
+    pub fn new(tracer: Tracer) -> Self {
+        TraceRequestsLayer { tracer }
+    }
+}
+
+impl<S> Layer<S> for TraceRequestsLayer {
+    type Service = TraceRequests<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceRequests {
+            inner,
+            tracer: self.tracer.clone(),
+        }
+    }
+}
+
+/// The service of [`TraceRequestsLayer`].
+#[derive(Clone)]
+pub struct TraceRequests<S> {
+    inner: S,
+    tracer: Tracer,
+}
+
+impl<S> Service<Request> for TraceRequests<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Traced<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let span = start_request_span(&self.tracer, &mut request);
+        Traced {
+            inner: self.inner.call(request),
+            span,
+        }
+    }
+}
+
+/// Starts a request's server span and leaves it in its extensions; none
+/// with tracing off and no `traceparent` to pass on.
+fn start_request_span(tracer: &Tracer, request: &mut Request) -> Option<TraceSpan> {
     let parent = request
         .headers()
         .get(TRACEPARENT)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
+        .and_then(|value| value.to_str().ok());
     if !tracer.is_enabled() && parent.is_none() {
-        return next.run(request).await;
+        return None;
     }
     let route = request
         .extensions()
@@ -355,31 +409,54 @@ pub async fn trace_request(
     let span = tracer.start(
         format!("{} {route}", request.method()),
         SpanKind::Server,
-        parent.as_deref(),
+        parent,
     );
     if span.is_recording() {
         span.set_str("http.request.method", request.method().as_str());
         span.set_str("http.route", route);
         if let Some(id) = request
             .headers()
-            .get("x-request-id")
+            .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok())
         {
             span.set_str("modalkit.request_id", id);
         }
     }
     request.extensions_mut().insert(span.clone());
-    let response = next.run(request).await;
-    let status = response.status();
-    span.set_int("http.response.status_code", i64::from(status.as_u16()));
-    if status.is_server_error() {
-        span.set_error(status.canonical_reason().unwrap_or("server error"));
-    }
-    span.end();
-    response
+    Some(span)
 }
 
-/// The span [`trace_request`] left for a request (a span that records
+pin_project_lite::pin_project! {
+    /// A traced route's response future: ends the span with the status.
+    pub struct Traced<F> {
+        #[pin]
+        inner: F,
+        span: Option<TraceSpan>,
+    }
+}
+
+impl<F, E> Future for Traced<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Some(span), Ok(response)) = (this.span.take(), &result) {
+            let status = response.status();
+            span.set_int("http.response.status_code", i64::from(status.as_u16()));
+            if status.is_server_error() {
+                span.set_error(status.canonical_reason().unwrap_or("server error"));
+            }
+            span.end();
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// The span [`TraceRequestsLayer`] left for a request (a span that records
 /// nothing when there is none).
 pub fn request_span(request: &Request) -> TraceSpan {
     request
