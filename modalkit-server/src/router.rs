@@ -58,19 +58,26 @@ pub fn service<P: InferencePipeline>(
     if let Some(key) = api_key {
         protected = protected.route_layer(from_fn_with_state(key, require_api_key));
     }
-    // Outside the key check, so refused requests are traced too.
-    protected = protected.route_layer(TraceRequestsLayer::new(state.tracer.clone()));
+    // Per route, since they need the matched route; stacked into one layer,
+    // as each `route_layer` adds a boxed service that axum clones per
+    // request. Outside the key check, so refused requests count and are
+    // traced too.
+    protected = protected.route_layer(
+        ServiceBuilder::new()
+            .layer(RecordRequestsLayer)
+            .layer(TraceRequestsLayer::new(state.tracer.clone()))
+            .into_inner(),
+    );
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready::<P>))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(docs::openapi_json::<P>))
-        .route("/docs", get(docs::docs_page));
+        .route("/docs", get(docs::docs_page))
+        .route_layer(RecordRequestsLayer);
 
-    // Per route: these need the matched route.
     let routes = open
         .merge(protected)
-        .route_layer(RecordRequestsLayer)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
