@@ -20,13 +20,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        match content_type.as_deref() {
-            Some(ct) if is_json(ct) => {}
-            Some(other) => return Err(ApiError::UnsupportedMediaType(other.to_owned())),
+        match request.headers().get(header::CONTENT_TYPE) {
+            Some(ct) if is_json(ct.as_bytes()) => {}
+            Some(other) => {
+                return Err(ApiError::UnsupportedMediaType(
+                    String::from_utf8_lossy(other.as_bytes()).into_owned(),
+                ));
+            }
             None => {
                 return Err(ApiError::UnsupportedMediaType(
                     "no Content-Type header".to_owned(),
@@ -61,15 +61,23 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-fn is_json(content_type: &str) -> bool {
+/// Whether a `Content-Type` is JSON: `application/json` or
+/// `application/*+json`, any case, parameters ignored (compared in place:
+/// this runs on every request).
+fn is_json(content_type: &[u8]) -> bool {
     let essence = content_type
-        .split(';')
+        .split(|&b| b == b';')
         .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+        .unwrap_or_default()
+        .trim_ascii();
+    let starts = |prefix: &[u8]| {
+        essence.len() >= prefix.len() && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let ends = |suffix: &[u8]| {
+        essence.len() >= suffix.len()
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    essence.eq_ignore_ascii_case(b"application/json") || (starts(b"application/") && ends(b"+json"))
 }
 
 impl JsonBody {
@@ -238,5 +246,28 @@ mod tests {
         assert_eq!(clean_path("[2].text", ""), "[2].text");
         assert_eq!(clean_path(".", "message"), "message");
         assert_eq!(clean_path("text", "[3]"), "[3].text");
+    }
+
+    #[test]
+    fn json_content_types_are_recognised_in_any_case_with_parameters() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ;q=1",
+            "application/vnd.api+json",
+            "APPLICATION/PROBLEM+JSON",
+        ] {
+            assert!(is_json(json.as_bytes()), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/jsonx",
+            "json",
+            "text/x+json",
+            "",
+            "application/json-seq",
+        ] {
+            assert!(!is_json(other.as_bytes()), "{other}");
+        }
     }
 }

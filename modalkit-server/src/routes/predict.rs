@@ -7,6 +7,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use modalkit_core::wire::{AsyncInput, AsyncOutput, InferenceOutput, Meta};
 use modalkit_core::{Batcher, Error, InferencePipeline, ItemTiming, SubmitOptions, Ticket};
 use serde_json::Value;
@@ -38,7 +39,7 @@ pub async fn predict_sync<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     RawQuery(query): RawQuery,
     request: Request,
-) -> Result<(HeaderMap, Json<Output<P>>), ApiError> {
+) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let batcher = batcher_for(&state, query.as_deref())?;
     let trace = request_span(&request);
@@ -55,27 +56,31 @@ pub async fn predict_sync<P: InferencePipeline>(
     let result = tokio::time::timeout_at(deadline.into(), ticket)
         .await
         .map_err(|_| ApiError::DeadlineExceeded(timeout))?;
-    let headers = timing_headers(arrived, submitted, timing.get());
     if let Some(timing) = timing.get() {
         trace.record_item(timing, None);
     }
-    match result {
-        Ok(output) => Ok((headers, Json(InferenceOutput::success(output, Meta::new())))),
-        Err(Error::Item(message)) => Ok((
-            headers,
-            Json(InferenceOutput::failure(message, Meta::new())),
-        )),
-        Err(Error::DeadlineExceeded) => Err(ApiError::DeadlineExceeded(timeout)),
-        Err(other) => Err(other.into()),
-    }
+    let output = match result {
+        Ok(output) => InferenceOutput::success(output, Meta::new()),
+        Err(Error::Item(message)) => InferenceOutput::failure(message, Meta::new()),
+        Err(Error::DeadlineExceeded) => return Err(ApiError::DeadlineExceeded(timeout)),
+        Err(other) => return Err(other.into()),
+    };
+    let mut response = Json(output).into_response();
+    add_timing_headers(response.headers_mut(), arrived, submitted, timing.get());
+    Ok(response)
 }
 
-/// The timing headers of a reply (TEI's `x-queue-time` and
-/// `x-inference-time`, plus the total and the batch size).
-fn timing_headers(arrived: Instant, submitted: Instant, timing: Option<&ItemTiming>) -> HeaderMap {
+/// Adds a reply's timing headers (TEI's `x-queue-time` and
+/// `x-inference-time`, plus the total and the batch size), straight into
+/// its header map.
+fn add_timing_headers(
+    headers: &mut HeaderMap,
+    arrived: Instant,
+    submitted: Instant,
+    timing: Option<&ItemTiming>,
+) {
     let total = arrived.elapsed();
     let in_batcher = submitted.elapsed();
-    let mut headers = HeaderMap::with_capacity(4);
     // Names as constants: a `&str` name is parsed on every insert.
     headers.insert(TOTAL_TIME, millis(total));
     if let Some(timing) = timing {
@@ -86,7 +91,6 @@ fn timing_headers(arrived: Instant, submitted: Instant, timing: Option<&ItemTimi
         );
         headers.insert(BATCH_SIZE, HeaderValue::from(timing.batch_size));
     }
-    headers
 }
 
 const TOTAL_TIME: HeaderName = HeaderName::from_static("x-total-time");
