@@ -5,13 +5,16 @@
 # exported over OTLP/HTTP to the ceiling process, which answers 200 unread),
 # and with 10% of traces sampled (OTEL_TRACES_SAMPLER=traceidratio), each at
 # concurrency 1 and 64. Prints requests/s, p50, p99 and the ratio to
-# the ceiling; writes the table to bench/out/http.md.
+# the ceiling; writes the table to bench/out/http.md. The host's speed
+# drifts, so each case runs ROUNDS times, interleaved with the others, and
+# reports its median round.
 #
-# Usage: bench/http.sh            (DURATION=10 seconds per run by default)
+# Usage: bench/http.sh            (DURATION=10 seconds per run, ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CEILING_PORT=8100
 SERVER_PORT=8101
 TRACED_PORT=8102
@@ -78,10 +81,20 @@ wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$SAMPLED_PORT/predict_sync" >/dev/n
   echo "| case | concurrency | requests/s | p50 ms | p99 ms | vs ceiling |"
   echo "|---|---|---|---|---|---|"
   for c in 1 64; do
-    read -r c_rps c_p50 c_p99 < <(run "$CEILING_PORT" "$c")
-    read -r s_rps s_p50 s_p99 < <(run "$SERVER_PORT" "$c")
-    read -r t_rps t_p50 t_p99 < <(run "$TRACED_PORT" "$c")
-    read -r r_rps r_p50 r_p99 < <(run "$SAMPLED_PORT" "$c")
+    # Rounds interleave the four cases, so a drift in the host's speed
+    # touches them all alike; each case reports its median round.
+    results=$(mktemp -d)
+    for _ in $(seq 1 "$ROUNDS"); do
+      for port in "$CEILING_PORT" "$SERVER_PORT" "$TRACED_PORT" "$SAMPLED_PORT"; do
+        run "$port" "$c" >> "$results/$port"
+      done
+    done
+    median() { sort -n "$results/$1" | awk '{ row[NR] = $0 } END { print row[int((NR + 1) / 2)] }'; }
+    read -r c_rps c_p50 c_p99 < <(median "$CEILING_PORT")
+    read -r s_rps s_p50 s_p99 < <(median "$SERVER_PORT")
+    read -r t_rps t_p50 t_p99 < <(median "$TRACED_PORT")
+    read -r r_rps r_p50 r_p99 < <(median "$SAMPLED_PORT")
+    rm -r "$results"
     ratio() { awk -v a="$1" -v b="$c_rps" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
     echo "| bare axum (ceiling) | $c | $c_rps | $c_p50 | $c_p99 | 100% |"
     echo "| modalkit-rs, no-op pipeline | $c | $s_rps | $s_p50 | $s_p99 | $(ratio "$s_rps") |"
@@ -89,4 +102,4 @@ wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$SAMPLED_PORT/predict_sync" >/dev/n
     echo "| modalkit-rs, no-op pipeline, traced, 10% sampled | $c | $r_rps | $r_p50 | $r_p99 | $(ratio "$r_rps") |"
   done
 } | tee "$OUT/http.md"
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per run, wrk -t1" | tee -a "$OUT/http.md"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per run, median of $ROUNDS interleaved rounds, wrk -t1" | tee -a "$OUT/http.md"
