@@ -1,6 +1,8 @@
 """The Python peer for bench/embeddings.sh: FastAPI + uvicorn with an asyncio
 batcher (max 32 items, 5 ms wait) over sentence-transformers on torch,
-serving the same model folder and the same /predict_sync contract."""
+serving the same model folder and the same /predict_sync contract. Its
+instruction set follows torch's own variables (bench/embeddings.sh caps them
+at AVX2 for the peer-avx2 run)."""
 
 import asyncio
 import contextlib
@@ -54,7 +56,9 @@ app = FastAPI(lifespan=lifespan)
 
 @app.get("/ready")
 async def ready():
-    return {"status": "ready"}
+    # The ISA torch's own kernels dispatch to (AVX512, AVX2, ...), as
+    # ATEN_CPU_CAPABILITY may cap it; bench/embeddings.sh checks it.
+    return {"status": "ready", "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 @app.post("/predict_sync")

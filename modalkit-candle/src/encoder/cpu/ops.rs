@@ -341,7 +341,7 @@ multiversion! {
                 let valid = &mut scores[..len];
                 let max = lane_max(valid);
                 for s in valid.iter_mut() {
-                    *s = fast_exp(*s - max);
+                    *s = fast_exp_with::<FMA>(*s - max);
                 }
                 let inv_sum = 1.0 / lane_sum(valid);
                 let at = (token - target.first_token) * target.stride + target.column;
