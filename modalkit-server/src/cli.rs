@@ -154,7 +154,6 @@ fn serve<P: InferencePipeline>(
         }
     };
     let result = runtime.block_on(async {
-        crate::telemetry::prometheus();
         let server = Server::<P>::build(settings, options)
             .await?
             .with_routes(routes());

@@ -122,6 +122,9 @@ pub struct Server<P: InferencePipeline> {
 impl<P: InferencePipeline> Server<P> {
     /// Loads every model (one batcher each) and the queue backend.
     pub async fn build(settings: Settings, options: ServerOptions) -> Result<Self, ServerError> {
+        // The recorder first: metric handles made before it is installed
+        // (the batchers' are made here) would record nowhere.
+        crate::telemetry::prometheus();
         let app = &settings.app_settings;
         let server_config = &app.server_config;
         let queue_config = &app.queue_config;
