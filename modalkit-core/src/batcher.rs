@@ -307,6 +307,12 @@ impl<P: InferencePipeline> Batcher<P> {
         self.shared.depth()
     }
 
+    /// Sets the `modalkit_queue_depth` gauge to the depth now; the server
+    /// calls it for every model before it renders `/metrics`.
+    pub fn publish_queue_depth(&self) {
+        self.shared.publish_depth();
+    }
+
     /// The current state.
     pub fn state(&self) -> BatcherState {
         self.state.borrow().clone()

@@ -71,7 +71,7 @@ pub fn service<P: InferencePipeline>(
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready::<P>))
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", get(health::metrics::<P>))
         .route("/openapi.json", get(docs::openapi_json::<P>))
         .route("/docs", get(docs::docs_page))
         .route_layer(RecordRequestsLayer);

@@ -833,6 +833,28 @@ async fn metrics_show_batches_larger_than_one_under_concurrent_load() {
             })
         })
         .collect();
+    // While items wait, /metrics shows them queued (the gauge is read at
+    // scrape time).
+    let mut deepest = 0f64;
+    while !requests.iter().all(|r| r.is_finished()) {
+        let metrics = http
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let depth = metrics
+            .lines()
+            .find(|l| l.starts_with("modalkit_queue_depth{model=\"echo-load\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("modalkit_queue_depth missing:\n{metrics}"));
+        deepest = deepest.max(depth);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(deepest > 0.0, "no scrape saw a queued item");
     for request in requests {
         assert_eq!(request.await.unwrap().0, 200);
     }
@@ -857,6 +879,7 @@ async fn metrics_show_batches_larger_than_one_under_concurrent_load() {
         value("modalkit_batch_size_count"),
     );
     assert_eq!(sum, 48.0);
+    assert_eq!(value("modalkit_queue_depth"), 0.0, "nothing left queued");
     assert!(
         sum / count > 1.0,
         "mean batch size {} under load",

@@ -56,8 +56,15 @@ pub async fn ready<P: InferencePipeline>(
     (status, Json(body))
 }
 
-/// Prometheus text.
-pub async fn metrics() -> impl IntoResponse {
+/// Prometheus text; the queue depths are read at this moment.
+pub async fn metrics<P: InferencePipeline>(
+    State(state): State<Arc<AppState<P>>>,
+) -> impl IntoResponse {
+    for name in &state.model_names {
+        if let Some(batcher) = state.batcher(name) {
+            batcher.publish_queue_depth();
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
