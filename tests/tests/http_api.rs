@@ -14,6 +14,28 @@ async fn server(model: &str, app_extra: &str) -> TestServer {
     TestServer::start(settings_from_yaml(&config_yaml(model, app_extra))).await
 }
 
+/// The server's `/metrics` text.
+async fn scrape(client: &reqwest::Client, server: &TestServer) -> String {
+    client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A per-model metric's value in `metrics`, e.g. `modalkit_queue_depth`.
+fn model_metric(metrics: &str, name: &str, model: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{model=\"{model}\"}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+}
+
 async fn poll_job(client: &reqwest::Client, server: &TestServer, job_id: &str) -> Value {
     for _ in 0..200 {
         let job: Value = get_json(client, &server.url(&format!("/jobs/{job_id}"))).await;
@@ -193,14 +215,7 @@ async fn health_ready_metrics_openapi_and_docs_answer() {
         &json!({"text": "count me"}),
     )
     .await;
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&http, &server).await;
     assert!(
         metrics.contains(r#"modalkit_batch_size_count{model="echo-meta"}"#),
         "{metrics}"
@@ -837,43 +852,16 @@ async fn metrics_show_batches_larger_than_one_under_concurrent_load() {
     // scrape time).
     let mut deepest = 0f64;
     while !requests.iter().all(|r| r.is_finished()) {
-        let metrics = http
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let depth = metrics
-            .lines()
-            .find(|l| l.starts_with("modalkit_queue_depth{model=\"echo-load\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("modalkit_queue_depth missing:\n{metrics}"));
-        deepest = deepest.max(depth);
+        let metrics = scrape(&http, &server).await;
+        deepest = deepest.max(model_metric(&metrics, "modalkit_queue_depth", "echo-load"));
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     assert!(deepest > 0.0, "no scrape saw a queued item");
     for request in requests {
         assert_eq!(request.await.unwrap().0, 200);
     }
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}{{model=\"echo-load\"}}")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
-    };
+    let metrics = scrape(&http, &server).await;
+    let value = |name: &str| model_metric(&metrics, name, "echo-load");
     let (sum, count) = (
         value("modalkit_batch_size_sum"),
         value("modalkit_batch_size_count"),
