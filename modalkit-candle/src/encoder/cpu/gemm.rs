@@ -18,6 +18,7 @@
 
 use rayon::prelude::*;
 
+use super::columns::ColumnsMut;
 use super::ops::gelu_with;
 use super::{Threads, isa};
 
@@ -114,46 +115,48 @@ pub fn linear(
     assert_eq!(out.len(), rows * layer.outputs, "linear: output size");
     let panels = layer.outputs / PANEL;
     if threads == Threads::One {
-        block(x, layer, 0, panels, activation, out);
+        block(
+            x,
+            layer,
+            0,
+            panels,
+            activation,
+            &mut ColumnsMut::new(out, layer.outputs),
+        );
         return;
     }
     let threads = rayon::current_num_threads().max(1);
     if rows >= ROWS_PER_TASK * threads || threads == 1 {
         out.par_chunks_mut(ROWS_PER_TASK * layer.outputs)
             .zip(x.par_chunks(ROWS_PER_TASK * layer.inputs))
-            .for_each(|(out, x)| block(x, layer, 0, panels, activation, out));
+            .for_each(|(out, x)| {
+                let out = &mut ColumnsMut::new(out, layer.outputs);
+                block(x, layer, 0, panels, activation, out);
+            });
         return;
     }
-    // Few rows: split the panels, each task into its own buffer, then
-    // interleave the column blocks into `out`.
+    // Few rows: split the panels, each task writing its columns of `out`.
     let per_task = panels.div_ceil(threads);
-    let parts: Vec<(usize, Vec<f32>)> = (0..panels.div_ceil(per_task))
-        .into_par_iter()
-        .map(|task| {
-            let first = task * per_task;
-            let count = per_task.min(panels - first);
-            let mut part = vec![0f32; rows * count * PANEL];
-            block(x, layer, first, count, activation, &mut part);
-            (first * PANEL, part)
-        })
-        .collect();
-    for (column, part) in parts {
-        let width = part.len() / rows;
-        for (out_row, part_row) in out
-            .chunks_exact_mut(layer.outputs)
-            .zip(part.chunks_exact(width))
-        {
-            out_row[column..column + width].copy_from_slice(part_row);
-        }
+    let mut blocks = Vec::with_capacity(threads);
+    let mut rest = ColumnsMut::new(out, layer.outputs);
+    for first in (0..panels).step_by(per_task) {
+        let count = per_task.min(panels - first);
+        let (block, after) = rest.split_at(count * PANEL);
+        blocks.push((first, count, block));
+        rest = after;
     }
+    blocks
+        .into_par_iter()
+        .for_each(|(first, count, mut out)| block(x, layer, first, count, activation, &mut out));
 }
 
 /// A tile kernel and the most rows one tile of it may have (taken only when
 /// that is all the rows there are).
 #[derive(Clone, Copy)]
 struct TileKernel {
-    /// Computes one tile: `(rows, tile, out, out_stride)`.
-    compute: fn(usize, &Tile, &mut [f32], usize),
+    /// Computes one tile: `(rows, tile, out)`, `out` the tile's first row
+    /// and the panel's columns.
+    compute: fn(usize, &Tile, &mut ColumnsMut),
     max_rows: usize,
 }
 
@@ -164,14 +167,14 @@ const PORTABLE: TileKernel = TileKernel {
 };
 
 /// Panels `first..first + count` of `activation(x Wᵀ + b)` into `out`
-/// (`rows × count·PANEL`, row-major), on the best tile kernel for this CPU.
+/// (`rows × count·PANEL`), on the best tile kernel for this CPU.
 fn block(
     x: &[f32],
     layer: &PackedLinear,
     first: usize,
     count: usize,
     activation: Activation,
-    out: &mut [f32],
+    out: &mut ColumnsMut,
 ) {
     let kernel = match isa::active() {
         isa::Isa::Avx512 => avx512::KERNEL,
@@ -192,7 +195,7 @@ fn block_with(
     x: &[f32],
     layer: &PackedLinear,
     panels: &Panels,
-    out: &mut [f32],
+    out: &mut ColumnsMut,
 ) {
     let inputs = layer.inputs;
     let rows = x.len() / inputs;
@@ -236,10 +239,10 @@ fn compute_panels(
     heights: &[(usize, usize)],
     layer: &PackedLinear,
     panels: &Panels,
-    out: &mut [f32],
+    out: &mut ColumnsMut,
 ) {
     let inputs = layer.inputs;
-    let width = panels.count * PANEL;
+    assert_eq!(out.width(), panels.count * PANEL, "output columns");
     for panel in 0..panels.count {
         let index = panels.first + panel;
         let weights = &layer.panels[index * inputs * PANEL..(index + 1) * inputs * PANEL];
@@ -254,12 +257,7 @@ fn compute_panels(
                 bias,
                 activation: panels.activation,
             };
-            (kernel.compute)(
-                height,
-                &tile,
-                &mut out[start * width + panel * PANEL..],
-                width,
-            );
+            (kernel.compute)(height, &tile, &mut out.block(start, panel * PANEL, PANEL));
         }
     }
 }
@@ -291,11 +289,11 @@ fn finish_row<const FMA: bool>(row: &mut [f32; PANEL], activation: Activation, o
             *v = gelu_with::<FMA>(*v);
         }
     }
-    out[..PANEL].copy_from_slice(row);
+    out.copy_from_slice(row);
 }
 
 /// The tile on any CPU (plain loops; used where AVX2 is missing).
-fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
+fn portable_tile(rows: usize, tile: &Tile, out: &mut ColumnsMut) {
     let mut acc = [*tile.bias; MAX_TILE_ROWS];
     let (low, high) = tile.halves();
     for (acc_row, x_row) in acc.iter_mut().zip(tile.x.chunks_exact(tile.inputs)) {
@@ -310,7 +308,7 @@ fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
         }
     }
     for (row, acc_row) in acc.iter_mut().take(rows).enumerate() {
-        finish_row::<false>(acc_row, tile.activation, &mut out[row * stride..]);
+        finish_row::<false>(acc_row, tile.activation, out.row(row));
     }
 }
 
@@ -319,7 +317,9 @@ fn portable_tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
 /// broadcast; 12 rows use 24 of the 32 vector registers.
 #[allow(unsafe_code)]
 mod avx512 {
-    use super::{HALF, MAX_TILE_ROWS, PANEL, PREFETCH_AHEAD, Tile, TileKernel, finish_row, isa};
+    use super::{
+        ColumnsMut, HALF, MAX_TILE_ROWS, PANEL, PREFETCH_AHEAD, Tile, TileKernel, finish_row, isa,
+    };
 
     /// Tiles of up to 12 rows.
     pub const KERNEL: TileKernel = TileKernel {
@@ -329,7 +329,7 @@ mod avx512 {
 
     /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
     /// AVX-512 ([`isa::avx512`]).
-    pub fn tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
+    pub fn tile(rows: usize, tile: &Tile, out: &mut ColumnsMut) {
         assert!(
             isa::avx512(),
             "AVX-512 kernel called on a CPU without AVX-512"
@@ -339,25 +339,25 @@ mod avx512 {
         // above), which is all `rows_of` is compiled for.
         unsafe {
             match rows {
-                1 => rows_of::<1>(tile, out, stride),
-                2 => rows_of::<2>(tile, out, stride),
-                3 => rows_of::<3>(tile, out, stride),
-                4 => rows_of::<4>(tile, out, stride),
-                5 => rows_of::<5>(tile, out, stride),
-                6 => rows_of::<6>(tile, out, stride),
-                7 => rows_of::<7>(tile, out, stride),
-                8 => rows_of::<8>(tile, out, stride),
-                9 => rows_of::<9>(tile, out, stride),
-                10 => rows_of::<10>(tile, out, stride),
-                11 => rows_of::<11>(tile, out, stride),
-                _ => rows_of::<12>(tile, out, stride),
+                1 => rows_of::<1>(tile, out),
+                2 => rows_of::<2>(tile, out),
+                3 => rows_of::<3>(tile, out),
+                4 => rows_of::<4>(tile, out),
+                5 => rows_of::<5>(tile, out),
+                6 => rows_of::<6>(tile, out),
+                7 => rows_of::<7>(tile, out),
+                8 => rows_of::<8>(tile, out),
+                9 => rows_of::<9>(tile, out),
+                10 => rows_of::<10>(tile, out),
+                11 => rows_of::<11>(tile, out),
+                _ => rows_of::<12>(tile, out),
             }
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-    fn rows_of<const ROWS: usize>(tile: &Tile, out: &mut [f32], stride: usize) {
+    fn rows_of<const ROWS: usize>(tile: &Tile, out: &mut ColumnsMut) {
         use std::arch::x86_64::{
             __m512, _MM_HINT_T0, _mm_prefetch, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps,
             _mm512_storeu_ps,
@@ -407,12 +407,12 @@ mod avx512 {
                 store(low[row], first);
                 store(high[row], second);
             }
-            finish_row::<true>(&mut values, tile.activation, &mut out[row * stride..]);
+            finish_row::<true>(&mut values, tile.activation, out.row(row));
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn rows_of<const ROWS: usize>(_: &Tile, _: &mut [f32], _: usize) {
+    unsafe fn rows_of<const ROWS: usize>(_: &Tile, _: &mut ColumnsMut) {
         unreachable!("AVX-512 is never available off x86-64")
     }
 }
@@ -424,7 +424,7 @@ mod avx512 {
 /// before the other half.
 #[allow(unsafe_code)]
 mod avx2 {
-    use super::{HALF, PREFETCH_AHEAD, Tile, TileKernel, balanced_parts, isa};
+    use super::{ColumnsMut, HALF, PREFETCH_AHEAD, Tile, TileKernel, balanced_parts, isa};
     use crate::encoder::cpu::gemm::Activation;
     use crate::encoder::cpu::ops::gelu_with;
 
@@ -443,7 +443,7 @@ mod avx2 {
 
     /// Computes a tile of `rows` (1..=[`MAX_ROWS`]) rows. Panics if the CPU
     /// lacks AVX2 and FMA ([`isa::avx2`]).
-    pub fn tile(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
+    pub fn tile(rows: usize, tile: &Tile, out: &mut ColumnsMut) {
         assert!(
             isa::avx2(),
             "AVX2 kernel called on a CPU without AVX2 and FMA"
@@ -454,8 +454,8 @@ mod avx2 {
         // SAFETY: the CPU supports AVX2 and FMA (asserted above), which is
         // all `half_panel` is compiled for.
         unsafe {
-            half_panel::<0>(rows, tile, out, stride);
-            half_panel::<1>(rows, tile, out, stride);
+            half_panel::<0>(rows, tile, out);
+            half_panel::<1>(rows, tile, out);
         }
     }
 
@@ -465,17 +465,17 @@ mod avx2 {
     /// accumulator chains, so a lone leftover row costs almost what four do.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn half_panel<const H: usize>(rows: usize, tile: &Tile, out: &mut [f32], stride: usize) {
+    fn half_panel<const H: usize>(rows: usize, tile: &Tile, out: &mut ColumnsMut) {
         for (first, count) in balanced_parts(rows, rows.div_ceil(ROWS_AT_ONCE)) {
-            let out = &mut out[first * stride..];
+            let out = &mut out.block(first, H * HALF, HALF);
             let x = &tile.x[first * tile.inputs..(first + count) * tile.inputs];
             match count {
-                1 => rows_of::<1, H>(tile, x, out, stride),
-                2 => rows_of::<2, H>(tile, x, out, stride),
-                3 => rows_of::<3, H>(tile, x, out, stride),
-                4 => rows_of::<4, H>(tile, x, out, stride),
-                5 => rows_of::<5, H>(tile, x, out, stride),
-                _ => rows_of::<6, H>(tile, x, out, stride),
+                1 => rows_of::<1, H>(tile, x, out),
+                2 => rows_of::<2, H>(tile, x, out),
+                3 => rows_of::<3, H>(tile, x, out),
+                4 => rows_of::<4, H>(tile, x, out),
+                5 => rows_of::<5, H>(tile, x, out),
+                _ => rows_of::<6, H>(tile, x, out),
             }
         }
     }
@@ -484,12 +484,7 @@ mod avx2 {
     /// of the tile's panel.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn rows_of<const ROWS: usize, const H: usize>(
-        tile: &Tile,
-        x: &[f32],
-        out: &mut [f32],
-        stride: usize,
-    ) {
+    fn rows_of<const ROWS: usize, const H: usize>(tile: &Tile, x: &[f32], out: &mut ColumnsMut) {
         use std::arch::x86_64::{
             __m256, _MM_HINT_T0, _mm_prefetch, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps,
             _mm256_storeu_ps,
@@ -565,12 +560,12 @@ mod avx2 {
             }
         }
         for (row, values) in values.iter().enumerate() {
-            out[row * stride + H * HALF..][..HALF].copy_from_slice(values);
+            out.row(row).copy_from_slice(values);
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn half_panel<const H: usize>(_: usize, _: &Tile, _: &mut [f32], _: usize) {
+    unsafe fn half_panel<const H: usize>(_: usize, _: &Tile, _: &mut ColumnsMut) {
         unreachable!("AVX2 is never available off x86-64")
     }
 }
@@ -654,7 +649,8 @@ mod tests {
                 }
                 for (name, kernel) in kernels {
                     let mut out = vec![f32::NAN; rows * outputs];
-                    block_with(kernel, &x, &layer, &all, &mut out);
+                    let view = &mut ColumnsMut::new(&mut out, outputs);
+                    block_with(kernel, &x, &layer, &all, view);
                     let worst = max_difference(&out, &want);
                     assert!(
                         worst < 1e-4,

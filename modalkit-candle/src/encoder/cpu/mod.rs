@@ -5,6 +5,7 @@
 //! compiled for AVX-512 when the CPU has it ([`isa`]). Numerically it is
 //! the same model as [`super::bert::BertEncoder`] (the tests compare both).
 
+pub mod columns;
 pub mod gemm;
 pub mod isa;
 pub mod ops;
