@@ -52,4 +52,4 @@ batch_totals() { curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^modalkit_batc
     done
   done
 } | tee "$OUT/filling.md"
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); c=8, ${DURATION}s per run, wrk -t1" | tee -a "$OUT/filling.md"
+echo "machine: $(bench/machine.sh); c=8, ${DURATION}s per run, wrk -t1" | tee -a "$OUT/filling.md"

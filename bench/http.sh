@@ -102,4 +102,4 @@ wrk -t1 -c8 -d2s -s "$lua" "http://127.0.0.1:$SAMPLED_PORT/predict_sync" >/dev/n
     echo "| modalkit-rs, no-op pipeline, traced, 10% sampled | $c | $r_rps | $r_p50 | $r_p99 | $(ratio "$r_rps") |"
   done
 } | tee "$OUT/http.md"
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ${DURATION}s per run, median of $ROUNDS interleaved rounds, wrk -t1" | tee -a "$OUT/http.md"
+echo "machine: $(bench/machine.sh); ${DURATION}s per run, median of $ROUNDS interleaved rounds, wrk -t1" | tee -a "$OUT/http.md"

@@ -3,7 +3,7 @@ table (stdout), the goals of the speed issue per ISA path, and a PNG chart of
 throughput against concurrency."""
 
 import os
-import platform
+import subprocess
 import sys
 from collections import defaultdict
 
@@ -37,10 +37,10 @@ for line in open(os.path.join(out, "served.txt")):
 served = {name: {c: median_round(runs) for c, runs in levels.items()} for name, levels in served_runs.items()}
 memory = {line.split()[0]: int(line.split()[1]) for line in open(os.path.join(out, "memory.txt")) if line.strip()}
 
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+machine = subprocess.run([os.path.join(os.path.dirname(__file__), "machine.sh")], capture_output=True, text=True, check=True).stdout.strip()
 flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
 simd = " ".join(sorted(f for f in flags if f.startswith(("avx", "fma", "sse4"))))
-print(f"Machine: {os.cpu_count()} cores, {cpu}; {simd}. One ~10-word sentence per request, wrk -t1 on loopback. Each figure: the median of {rounds} interleaved rounds.\n")
+print(f"Machine: {machine}; {simd}. One ~10-word sentence per request, wrk -t1 on loopback. Each figure: the median of {rounds} interleaved rounds.\n")
 print("| raw in-process (no server) | ISA | ms per batch | sentences/s |")
 print("|---|---|---|---|")
 for isa, batches in raw.items():
