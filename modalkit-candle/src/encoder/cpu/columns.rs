@@ -40,7 +40,7 @@ impl<'a> ColumnsMut<'a> {
     /// The whole of `matrix`, rows of `width` columns. Panics if its length
     /// is not a whole number of rows.
     pub fn new(matrix: &'a mut [f32], width: usize) -> Self {
-        let rows = if width == 0 { 0 } else { matrix.len() / width };
+        let rows = matrix.len().checked_div(width).unwrap_or(0);
         assert_eq!(rows * width, matrix.len(), "a matrix of rows of {width}");
         Self {
             start: matrix.as_mut_ptr(),
