@@ -137,15 +137,15 @@ pub fn linear(
     }
     // Few rows: split the panels, each task writing its columns of `out`.
     let per_task = panels.div_ceil(threads);
-    let mut blocks = Vec::with_capacity(threads);
+    let mut tasks = Vec::with_capacity(threads);
     let mut rest = ColumnsMut::new(out, layer.outputs);
     for first in (0..panels).step_by(per_task) {
         let count = per_task.min(panels - first);
-        let (block, after) = rest.split_at(count * PANEL);
-        blocks.push((first, count, block));
+        let (columns, after) = rest.split_at(count * PANEL);
+        tasks.push((first, count, columns));
         rest = after;
     }
-    blocks
+    tasks
         .into_par_iter()
         .for_each(|(first, count, mut out)| block(x, layer, first, count, activation, &mut out));
 }
