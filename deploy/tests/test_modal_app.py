@@ -1,6 +1,8 @@
 """deploy/modal_app.py, offline: the Modal objects it builds from modalkit.yaml,
-`modal deploy` reaching the token check, and the server command line it runs
-started for real and stopped the way Modal stops it.
+the Cargo features it derives from the yaml (held to what the server binary's
+`check --features` says of the same yaml), `modal deploy` reaching the token
+check, and the server command line it runs started for real and stopped the
+way Modal stops it.
 
 Run by scripts/test-modal.sh (which installs `modal` into .venv-modal and
 builds the server binary).
@@ -9,6 +11,7 @@ builds the server binary).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -89,14 +92,20 @@ def load_app(monkeypatch, tmp_path, yaml_text: str | None, **env: str):
 
 
 def server_info(module):
-    """FunctionInfo of the class's service function: computed locally, no network."""
+    """FunctionInfo of the server's service function: computed locally, no network."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        function = module.app.registered_functions["ModalkitServer.*"]
+        function = module.app.registered_functions["ModalkitServer"]
     return function.info()
 
 
-def test_cpu_config_maps_to_a_cpu_container(monkeypatch, tmp_path):
+def server_binary() -> str:
+    binary = os.environ.get("MODALKIT_SERVER_BINARY", str(REPO / "target" / "debug" / "translate"))
+    assert Path(binary).is_file(), f"build the server first: {binary}"
+    return binary
+
+
+def test_cpu_config_maps_to_a_cpu_server(monkeypatch, tmp_path):
     module = load_app(monkeypatch, tmp_path, None)
     assert module.app.name == "modalkit-translate-dev"
     info = server_info(module)
@@ -104,10 +113,19 @@ def test_cpu_config_maps_to_a_cpu_container(monkeypatch, tmp_path):
     assert info.volumes == {}
     assert info.cloud_bucket_mounts == {}
     assert info.secrets == []
-    assert info.concurrency_info.max_inputs == module.DEFAULT_CONCURRENT_INPUTS
     assert info.startup_timeout == module.STARTUP_TIMEOUT_SECONDS
-    assert info.method_names == ["serve"]
-    assert info.method_details["serve"].unauthenticated is True
+    # One model, max_batch_size 32, one worker, the default queue depth of 1024:
+    # the server holds 1024 + 32 requests; autoscaling aims at two batches.
+    assert info.concurrency_info.max_inputs == 1024 + 32
+    assert module.OPTIONS["max_concurrency"] == 1024 + 32
+    assert module.OPTIONS["target_concurrency"] == 64
+    # The drain: 30 s grace + 0.5 s unready delay + 5 s to close connections.
+    assert module.OPTIONS["exit_grace_period"] == 36
+    assert module.OPTIONS["unauthenticated"] is True
+    assert module.OPTIONS["port"] == module.PORT
+    assert "retries" not in module.OPTIONS
+    # config/modalkit.yaml names the memory backend: no feature needed.
+    assert module.image_source(module.SETTINGS, module.PATHS)["build_args"]["FEATURES"] == ""
 
 
 def test_gpu_config_maps_gpu_volumes_secrets_buckets_and_concurrency(monkeypatch, tmp_path):
@@ -123,22 +141,39 @@ def test_gpu_config_maps_gpu_volumes_secrets_buckets_and_concurrency(monkeypatch
     bucket = info.cloud_bucket_mounts["/data"]
     assert (bucket.bucket_name, bucket.key_prefix, bucket.read_only) == ("training-data", "shards/", True)
     assert sorted(info.secrets) == sorted(["modal.Secret.from_name('hf-token')", "modal.Secret.from_name('aws-creds')"])
+    # The yaml's allow_concurrent_inputs(_handler) win over the derived ones.
     assert info.concurrency_info.max_inputs == 16
-    assert info.concurrency_info.target_inputs == 8
-    assert info.max_retries == 2
-    assert info.method_details["serve"].unauthenticated is True
-    options = module.cls_options(module.SETTINGS)
-    assert options["max_containers"] == 3
-    assert options["scaledown_window"] == 120
+    assert module.OPTIONS["target_concurrency"] == 8
+    assert module.OPTIONS["unauthenticated"] is True
+    assert module.OPTIONS["max_containers"] == 3
+    assert module.OPTIONS["scaledown_window"] == 120
     assert module.RELOAD_EVERY == 300.0
     assert module.container_config_paths(module.PATHS) == ["/etc/modalkit/0-modalkit.yaml"]
+    # No queue_config: modalkit's default sqs backend; a gpu: cuda.
+    assert module.derive_features(module.SETTINGS) == ["cuda", "sqs"]
 
 
 def test_secure_config_requires_modal_proxy_auth(monkeypatch, tmp_path):
     module = load_app(monkeypatch, tmp_path, SECURE_YAML)
     info = server_info(module)
     assert info.gpus == [("T4", 1)]
-    assert info.method_details["serve"].unauthenticated is False
+    assert module.OPTIONS["unauthenticated"] is False
+
+
+def test_a_long_drain_gets_its_exit_grace_and_a_busy_config_its_concurrency(monkeypatch, tmp_path):
+    yaml_text = """
+app_settings:
+  app_prefix: busy
+  batch_config: {max_batch_size: 16}
+  server_config: {workers: 2, max_queue_depth: 100, shutdown_grace_seconds: 120, unready_delay_seconds: 2}
+model_settings:
+  model_entries: {a: {}, b: {}}
+"""
+    module = load_app(monkeypatch, tmp_path, yaml_text)
+    # Two models, each 100 queued + 2 workers x 16 computing; target: two batches per worker.
+    assert module.OPTIONS["max_concurrency"] == 2 * (100 + 2 * 16)
+    assert module.OPTIONS["target_concurrency"] == 2 * 2 * 2 * 16
+    assert module.OPTIONS["exit_grace_period"] == 127
 
 
 def test_env_overrides_win_as_in_the_server(monkeypatch, tmp_path):
@@ -192,8 +227,7 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 def test_the_runtime_command_serves_on_all_interfaces_and_sigterm_drains(monkeypatch, tmp_path):
-    binary = os.environ.get("MODALKIT_SERVER_BINARY", str(REPO / "target" / "debug" / "translate"))
-    assert Path(binary).is_file(), f"build the server first: {binary}"
+    binary = server_binary()
     module = load_app(monkeypatch, tmp_path, None)
     port = free_port()
     command = module.server_command(binary, [str(REPO / "config" / "modalkit.yaml")], port=port)
@@ -221,3 +255,83 @@ def test_the_runtime_command_serves_on_all_interfaces_and_sigterm_drains(monkeyp
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
+
+
+# Each yaml case, and the features it needs (besides `cuda`, which only the
+# deploy knows of: the server's `check --features` reports its own three).
+FEATURE_CASES = {
+    "memory backend": ("queue_config: {backend: memory}", []),
+    "modalkit's default backend": ("batch_config: {max_batch_size: 4}", ["sqs"]),
+    "sqs backend": ("queue_config: {backend: sqs}", ["sqs"]),
+    "custom backend": ("queue_config: {backend: kafka}", []),
+    "input queue": ("queue_config: {backend: memory, input_queue: jobs}", ["sqs"]),
+    "dynamodb job store": ("queue_config: {backend: sqs, input_queue: jobs, job_store: dynamodb}", ["dynamodb", "sqs"]),
+    "webhook hosts": ("queue_config: {backend: memory, webhook_allowed_hosts: [hooks.example.com]}", ["webhooks"]),
+    "webhook secret": ("queue_config: {backend: memory, webhook_secret: whsec_c2VjcmV0}", ["webhooks"]),
+    "ssm key": ("queue_config: {backend: memory}\n  auth_config: {ssm_key: /api/key}", ["sqs"]),
+    "ssm key behind proxy auth": (
+        "queue_config: {backend: memory}\n  auth_config: {ssm_key: /api/key}\n  deployment_config: {secure: true}",
+        [],
+    ),
+    "gpu": ("queue_config: {backend: memory}\n  deployment_config: {gpu: L4}", ["cuda"]),
+    "everything": (
+        "queue_config: {input_queue: jobs, job_store: dynamodb, webhook_allowed_hosts: ['*']}\n"
+        "  deployment_config: {gpu: [H100]}",
+        ["cuda", "dynamodb", "sqs", "webhooks"],
+    ),
+}
+
+
+def feature_yaml(app_lines: str) -> str:
+    return f"app_settings:\n  app_prefix: feat\n  {app_lines}\nmodel_settings:\n  model_entries:\n    translator: {{}}\n"
+
+
+@pytest.mark.parametrize("case", sorted(FEATURE_CASES))
+def test_features_follow_the_yaml_as_the_server_reads_it(monkeypatch, tmp_path, case):
+    app_lines, expected = FEATURE_CASES[case]
+    module = load_app(monkeypatch, tmp_path, feature_yaml(app_lines))
+    assert module.derive_features(module.SETTINGS, {}) == expected
+    assert module.image_source(module.SETTINGS, module.PATHS, {})["build_args"]["FEATURES"] == ",".join(expected)
+    config = tmp_path / "modalkit.yaml"
+    report = subprocess.run(
+        [server_binary(), "check", "--features", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("MODALKIT_")},
+    )
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["needed"] == [f for f in expected if f != "cuda"]
+
+
+def test_modalkit_features_adds_to_what_the_yaml_needs(monkeypatch, tmp_path):
+    module = load_app(monkeypatch, tmp_path, feature_yaml("queue_config: {backend: memory}"))
+    assert module.derive_features(module.SETTINGS, {"MODALKIT_FEATURES": "otel, webhooks"}) == ["otel", "webhooks"]
+    other = tmp_path / "sqs"
+    other.mkdir()
+    module = load_app(monkeypatch, other, feature_yaml(FEATURE_CASES["sqs backend"][0]))
+    assert module.derive_features(module.SETTINGS, {"MODALKIT_FEATURES": "sqs otel"}) == ["otel", "sqs"]
+
+
+def merged_by_the_server(config: Path) -> dict:
+    """``app_settings`` as the server binary merges them (``check``)."""
+    result = subprocess.run(
+        [server_binary(), "check", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("MODALKIT_")},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["app_settings"]
+
+
+def test_the_defaults_the_deploy_derives_from_are_the_servers(monkeypatch, tmp_path):
+    config = tmp_path / "modalkit.yaml"
+    config.write_text(feature_yaml("batch_config: {wait_ms: 3}"))
+    merged = merged_by_the_server(config)
+    module = load_app(monkeypatch, tmp_path, None, MODALKIT_CONFIG=str(config))
+    for section, values in module.SERVER_DEFAULTS.items():
+        for key, value in values.items():
+            assert merged[section][key] == value, f"{section}.{key}: server {merged[section][key]!r}, deploy {value!r}"
+
+
+def test_an_unconfigured_batch_size_is_the_servers(monkeypatch, tmp_path):
+    config = tmp_path / "modalkit.yaml"
+    config.write_text(feature_yaml("deployment_config: {}"))
+    module = load_app(monkeypatch, tmp_path, None, MODALKIT_CONFIG=str(config))
+    assert merged_by_the_server(config)["batch_config"]["max_batch_size"] == module.UNCONFIGURED_MAX_BATCH_SIZE

@@ -155,6 +155,9 @@ pub struct Delivery {
     policy: RetryPolicy,
     dead_letters: DeadLetterFile,
     dead_letter_queue: Option<String>,
+    /// Set when the backend is one this build left out: the Cargo feature
+    /// it needs. Queue names are then refused at submit, not dead-lettered.
+    backend_missing_feature: Option<&'static str>,
     #[cfg(feature = "webhooks")]
     webhooks: Option<Arc<crate::webhook::WebhookSender>>,
     give_up: CancellationToken,
@@ -182,6 +185,7 @@ impl Delivery {
             policy,
             dead_letters,
             dead_letter_queue: None,
+            backend_missing_feature: None,
             #[cfg(feature = "webhooks")]
             webhooks: None,
             give_up: CancellationToken::new(),
@@ -195,6 +199,16 @@ impl Delivery {
         self
     }
 
+    /// Marks the backend as one this build left out (see
+    /// [`crate::BackendRegistry::missing_feature`]): [`Delivery::check_destination`]
+    /// then refuses every queue name, naming `feature`, so no job is
+    /// accepted whose result could only be dead-lettered. Webhook URLs are
+    /// not sent through the backend and are unaffected.
+    pub fn with_backend_not_compiled(mut self, feature: &'static str) -> Self {
+        self.backend_missing_feature = Some(feature);
+        self
+    }
+
     /// Sends results whose queue is an http(s) URL through `sender`.
     #[cfg(feature = "webhooks")]
     pub fn with_webhooks(mut self, sender: crate::webhook::WebhookSender) -> Self {
@@ -202,19 +216,36 @@ impl Delivery {
         self
     }
 
-    /// Whether a result may be sent to `queue`: any queue name, or a
-    /// webhook URL this server may call. The error says why not.
-    pub fn check_destination(&self, queue: &str) -> Result<(), String> {
-        if !is_webhook(queue) {
+    /// Whether a result may be sent to `queue`: the empty name (no
+    /// delivery), a queue name when the backend is compiled in, or a
+    /// webhook URL this server may call. The error says why not:
+    /// [`QueueError::NotCompiled`] names the Cargo feature the binary lacks,
+    /// [`QueueError::Rejected`] a URL that is malformed or off the
+    /// allow-list.
+    pub fn check_destination(&self, queue: &str) -> Result<(), QueueError> {
+        if queue.is_empty() {
             return Ok(());
+        }
+        if !is_webhook(queue) {
+            return match self.backend_missing_feature {
+                Some(feature) => Err(QueueError::NotCompiled {
+                    backend: self.backend.name().to_owned(),
+                    feature: feature.to_owned(),
+                }),
+                None => Ok(()),
+            };
         }
         #[cfg(feature = "webhooks")]
         if let Some(sender) = &self.webhooks {
-            return sender.check(queue);
+            return sender.check(queue).map_err(|message| QueueError::Rejected {
+                queue: queue.to_owned(),
+                message,
+            });
         }
-        Err(format!(
-            "'{queue}' is a URL, and webhook delivery is not enabled: build with the `webhooks` feature and list the host in queue_config.webhook_allowed_hosts"
-        ))
+        Err(QueueError::NotCompiled {
+            backend: "webhook".to_owned(),
+            feature: "webhooks".to_owned(),
+        })
     }
 
     /// One attempt: `id` labels the message (FIFO deduplication, webhook
@@ -232,10 +263,12 @@ impl Delivery {
                 let traceparent = job.and_then(|labels| labels.traceparent);
                 return sender.send(queue, message, id, traceparent).await;
             }
-            return Err(QueueError::Rejected {
-                queue: queue.to_owned(),
-                message: self.check_destination(queue).err().unwrap_or_default(),
-            });
+            return Err(self.check_destination(queue).err().unwrap_or_else(|| {
+                QueueError::Rejected {
+                    queue: queue.to_owned(),
+                    message: "webhook delivery is not set up".to_owned(),
+                }
+            }));
         }
         match job {
             Some(labels) => self.backend.send_job_result(queue, message, labels).await,

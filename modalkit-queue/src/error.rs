@@ -50,12 +50,13 @@ pub enum QueueError {
         /// Why.
         message: String,
     },
-    /// The backend is known but this build left it out.
+    /// The backend is known but this build left it out; retrying cannot
+    /// help, a binary built with `feature` can.
     #[error(
-        "queue backend '{backend}' is not compiled into this binary: enable the `{feature}` feature of the modalkit crate"
+        "{backend} delivery is not compiled into this binary: build it with the `{feature}` feature of the modalkit crate"
     )]
     NotCompiled {
-        /// The backend.
+        /// The backend (`sqs`, `webhook`, ...).
         backend: String,
         /// The Cargo feature that brings it in.
         feature: String,

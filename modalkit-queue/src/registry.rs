@@ -17,7 +17,19 @@ pub type BackendFuture =
 
 type Factory = Arc<dyn Fn(QueueConfig) -> BackendFuture + Send + Sync>;
 
-/// Named backend factories. `memory` and `sqs` are registered by default.
+/// What a name in the registry stands for.
+#[derive(Clone)]
+enum Entry {
+    /// A backend this binary can build.
+    Factory(Factory),
+    /// A backend this build left out, and the Cargo feature that brings it
+    /// in: known, so a job naming its queues is refused at submit.
+    #[cfg_attr(feature = "sqs", allow(dead_code))]
+    NotCompiled { feature: &'static str },
+}
+
+/// Named backend factories. `memory` and `sqs` are registered by default
+/// (`sqs` as not compiled in a build without the `sqs` feature).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -28,19 +40,20 @@ type Factory = Arc<dyn Fn(QueueConfig) -> BackendFuture + Send + Sync>;
 /// ```
 #[derive(Clone)]
 pub struct BackendRegistry {
-    factories: BTreeMap<String, Factory>,
+    entries: BTreeMap<String, Entry>,
 }
 
 impl BackendRegistry {
     /// A registry with no backends.
     pub fn empty() -> Self {
         BackendRegistry {
-            factories: BTreeMap::new(),
+            entries: BTreeMap::new(),
         }
     }
 
-    /// A registry with the built-in `memory` and `sqs` backends (`sqs`
-    /// refuses to start with a clear error unless the `sqs` feature is on).
+    /// A registry with the built-in `memory` and `sqs` backends. Without the
+    /// `sqs` feature, `sqs` is known but not compiled: see
+    /// [`BackendRegistry::missing_feature`].
     pub fn with_defaults() -> Self {
         let mut registry = Self::empty();
         registry.register("memory", |_config| async {
@@ -54,12 +67,9 @@ impl BackendRegistry {
             Ok(Arc::new(crate::sqs::SqsQueue::connect(options).await) as Arc<dyn QueueBackend>)
         });
         #[cfg(not(feature = "sqs"))]
-        registry.register("sqs", |_config: QueueConfig| async move {
-            Err(QueueError::NotCompiled {
-                backend: "sqs".to_owned(),
-                feature: "sqs".to_owned(),
-            })
-        });
+        registry
+            .entries
+            .insert("sqs".to_owned(), Entry::NotCompiled { feature: "sqs" });
         registry
     }
 
@@ -69,23 +79,40 @@ impl BackendRegistry {
         F: Fn(QueueConfig) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Arc<dyn QueueBackend>, QueueError>> + Send + 'static,
     {
-        self.factories.insert(
+        self.entries.insert(
             name.to_owned(),
-            Arc::new(move |config| Box::pin(factory(config))),
+            Entry::Factory(Arc::new(move |config| Box::pin(factory(config)))),
         );
     }
 
-    /// Registered names.
+    /// Registered names, the backends this build left out among them.
     pub fn names(&self) -> Vec<String> {
-        self.factories.keys().cloned().collect()
+        self.entries.keys().cloned().collect()
+    }
+
+    /// The Cargo feature of the modalkit crate that `name` needs, when the
+    /// name is a backend this build left out (`sqs` without the `sqs`
+    /// feature); `None` for a backend it can build or an unknown name.
+    pub fn missing_feature(&self, name: &str) -> Option<&'static str> {
+        match self.entries.get(name) {
+            Some(Entry::NotCompiled { feature }) => Some(feature),
+            _ => None,
+        }
     }
 
     /// Builds the backend `config.backend` names.
     pub async fn build(&self, config: &QueueConfig) -> Result<Arc<dyn QueueBackend>, QueueError> {
-        let factory = self.factories.get(&config.backend).ok_or_else(|| {
-            QueueError::UnknownBackend(config.backend.clone(), self.names().join(", "))
-        })?;
-        factory(config.clone()).await
+        match self.entries.get(&config.backend) {
+            Some(Entry::Factory(factory)) => factory(config.clone()).await,
+            Some(Entry::NotCompiled { feature }) => Err(QueueError::NotCompiled {
+                backend: config.backend.clone(),
+                feature: (*feature).to_owned(),
+            }),
+            None => Err(QueueError::UnknownBackend(
+                config.backend.clone(),
+                self.names().join(", "),
+            )),
+        }
     }
 }
 

@@ -2,12 +2,14 @@
 //! `openapi`, with `--config`, `--host` and `--port` (each also read from
 //! its environment variable).
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use modalkit_core::settings::{ConfigSources, Loaded, redacted};
 use modalkit_core::{InferencePipeline, Settings};
 
+use crate::features::{FeatureNeed, compiled_features, feature_names, needed_features};
 use crate::server::{Server, ServerOptions};
 
 /// Exit code for an invalid configuration or a failed start-up.
@@ -38,11 +40,17 @@ pub enum Command {
     Serve,
     /// Validate the config and print it merged, as JSON, secrets redacted;
     /// warnings (keys modalkit would ignore, a short API key, no models) go
-    /// to stderr.
+    /// to stderr. A setting that needs a Cargo feature this binary was built
+    /// without is an error (a warning for modalkit's default `sqs` backend
+    /// when the config does not name it).
     Check {
         /// Fail (exit 1) on warnings too.
         #[arg(long)]
         strict: bool,
+        /// Print, instead of the config, the Cargo features it needs and
+        /// which of them this binary has (JSON).
+        #[arg(long)]
+        features: bool,
     },
     /// Print the OpenAPI document.
     Openapi,
@@ -93,7 +101,11 @@ pub fn run_with_routes<P: InferencePipeline>(
 ) -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init_tracing();
-    let Loaded { settings, warnings } = match cli.settings_with_warnings() {
+    let Loaded {
+        settings,
+        warnings,
+        origins,
+    } = match cli.settings_with_warnings() {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("error: {err}");
@@ -101,19 +113,8 @@ pub fn run_with_routes<P: InferencePipeline>(
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Check { strict } => {
-            for warning in &warnings {
-                eprintln!("warning: {warning}");
-            }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&redacted(&settings)).unwrap_or_default()
-            );
-            if strict && !warnings.is_empty() {
-                eprintln!("error: {} warning(s) and --strict", warnings.len());
-                return ExitCode::from(EXIT_STARTUP_FAILED);
-            }
-            ExitCode::SUCCESS
+        Command::Check { strict, features } => {
+            check(&settings, &origins, warnings, strict, features)
         }
         Command::Openapi => {
             let names: Vec<String> = settings
@@ -136,6 +137,65 @@ pub fn run_with_routes<P: InferencePipeline>(
             serve::<P>(settings, options, routes)
         }
     }
+}
+
+/// `check`: the merged config (or, with `features`, what it needs compiled
+/// in), its warnings, and an error for each setting this binary cannot do.
+fn check(
+    settings: &Settings,
+    origins: &BTreeMap<String, String>,
+    mut warnings: Vec<String>,
+    strict: bool,
+    features: bool,
+) -> ExitCode {
+    let needs = needed_features(settings);
+    if features {
+        let report = serde_json::json!({
+            "needed": feature_names(&needs),
+            "compiled": compiled_features(),
+            "settings": needs,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mut errors = Vec::new();
+    for need in needs.iter().filter(|need| !need.compiled) {
+        let FeatureNeed {
+            field,
+            value,
+            feature,
+            ..
+        } = need;
+        match origins.get(*field) {
+            Some(origin) => errors.push(format!(
+                "{field}: '{value}' ({origin}) needs the `{feature}` feature of the modalkit crate, which this binary was built without"
+            )),
+            None => warnings.push(format!(
+                "{field}: '{value}' (modalkit's default) needs the `{feature}` feature of the modalkit crate, which this binary was built without: async jobs that name a queue will be refused; set queue_config.backend (e.g. memory) or build with `{feature}`"
+            )),
+        }
+    }
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    for error in &errors {
+        eprintln!("error: {error}");
+    }
+    if !errors.is_empty() {
+        return ExitCode::from(EXIT_STARTUP_FAILED);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&redacted(settings)).unwrap_or_default()
+    );
+    if strict && !warnings.is_empty() {
+        eprintln!("error: {} warning(s) and --strict", warnings.len());
+        return ExitCode::from(EXIT_STARTUP_FAILED);
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve<P: InferencePipeline>(

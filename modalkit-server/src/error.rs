@@ -20,6 +20,19 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
+    /// A success or failure queue this binary cannot deliver to: its backend
+    /// was not compiled in, or it is a URL off the webhook allow-list.
+    /// Refused before anything is accepted.
+    #[error("{field} '{queue}': {}", reason(.source))]
+    UndeliverableQueue {
+        /// `success_queue` or `failure_queue`.
+        field: &'static str,
+        /// The queue name or URL.
+        queue: String,
+        /// Why it cannot be delivered to.
+        #[source]
+        source: modalkit_queue::QueueError,
+    },
     /// garde validation failed; one entry per field.
     #[error("validation failed: {}", summary(.0))]
     Validation(Vec<(String, String)>),
@@ -114,6 +127,15 @@ fn summary(fields: &[(String, String)]) -> String {
         .join("; ")
 }
 
+/// Why a queue cannot be delivered to, without the "refused the message"
+/// of a send that was never made.
+fn reason(error: &modalkit_queue::QueueError) -> String {
+    match error {
+        modalkit_queue::QueueError::Rejected { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
 impl ApiError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
@@ -124,9 +146,11 @@ impl ApiError {
             | InvalidQuery(_)
             | InvalidJobId(_)
             | InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
-            InvalidBody { .. } | Validation(_) | InvalidInput(_) | IdempotencyKeyReused { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            InvalidBody { .. }
+            | UndeliverableQueue { .. }
+            | Validation(_)
+            | InvalidInput(_)
+            | IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             JobConflict { .. } => StatusCode::CONFLICT,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge(_) | TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -145,6 +169,11 @@ impl ApiError {
         match self {
             InvalidJson(_) => "invalid_json",
             InvalidBody { .. } => "invalid_body",
+            UndeliverableQueue {
+                source: modalkit_queue::QueueError::NotCompiled { .. },
+                ..
+            } => "queue_not_compiled",
+            UndeliverableQueue { .. } => "queue_not_allowed",
             Validation(_) => "validation_failed",
             UnsupportedMediaType(_) => "unsupported_media_type",
             BodyTooLarge(_) => "body_too_large",
@@ -172,6 +201,12 @@ impl ApiError {
     fn details(&self) -> Value {
         match self {
             ApiError::InvalidBody { path, .. } => json!({ "path": path }),
+            ApiError::UndeliverableQueue {
+                field,
+                source: modalkit_queue::QueueError::NotCompiled { feature, .. },
+                ..
+            } => json!({ "path": field, "feature": feature }),
+            ApiError::UndeliverableQueue { field, .. } => json!({ "path": field }),
             ApiError::Validation(fields) => Value::Array(
                 fields
                     .iter()

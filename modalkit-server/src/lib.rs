@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod extract;
+mod features;
 pub mod openai;
 pub mod openapi;
 pub mod request_scope;

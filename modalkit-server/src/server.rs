@@ -144,24 +144,21 @@ impl<P: InferencePipeline> Server<P> {
                 }
             }
         };
+        let registry = options.registry.clone().unwrap_or_default();
+        let missing_feature = match &options.queue_backend {
+            Some(_) => None,
+            None => registry.missing_feature(&queue_config.backend),
+        };
         let backend: Arc<dyn QueueBackend> = match &options.queue_backend {
             Some(backend) => Arc::clone(backend),
             #[cfg(feature = "sqs")]
             None if queue_config.backend == "sqs" && options.aws_config.is_some() => {
                 Arc::new(sqs_for(&options.aws_config).await)
             }
-            None => {
-                #[cfg(not(feature = "sqs"))]
-                if queue_config.backend == "sqs" {
-                    tracing::warn!(
-                        "queue_config.backend is sqs (modalkit's default), which this binary was built without: results for jobs that name a queue will be dead-lettered; enable the `sqs` feature or set queue_config.backend"
-                    );
-                }
-                Arc::new(modalkit_queue::LazyBackend::new(
-                    options.registry.clone().unwrap_or_default(),
-                    queue_config.clone(),
-                )?)
-            }
+            None => Arc::new(modalkit_queue::LazyBackend::new(
+                registry,
+                queue_config.clone(),
+            )?),
         };
         let delivery = Delivery::new(
             backend,
@@ -169,6 +166,17 @@ impl<P: InferencePipeline> Server<P> {
             DeadLetterFile::new(&app.queue_config.dead_letter_path),
         )
         .with_dead_letter_queue(queue_config.dead_letter_queue.clone());
+        let delivery = match missing_feature {
+            Some(feature) => {
+                tracing::warn!(
+                    backend = %queue_config.backend,
+                    feature,
+                    "queue_config.backend names a backend this binary was built without: async jobs that name a queue will be refused (422); build with the `{feature}` feature (the Modal deploy derives it from the yaml) or set queue_config.backend"
+                );
+                delivery.with_backend_not_compiled(feature)
+            }
+            None => delivery,
+        };
         #[cfg(feature = "webhooks")]
         let delivery = delivery.with_webhooks(modalkit_queue::WebhookSender::new(
             &modalkit_queue::WebhookConfig {

@@ -115,12 +115,47 @@ fn a_new_project_builds_serves_and_its_modal_app_builds_its_own_binary() {
     let binary = target_dir().join("debug").join("review-model");
     assert!(binary.is_file(), "no binary at {}", binary.display());
 
+    // The project keeps lean defaults (no `sqs`): `check` says what a yaml
+    // naming SQS would need, and the server refuses such jobs at submit.
+    let check = |env: &[(&str, &str)]| {
+        let output = Command::new(&binary)
+            .arg("check")
+            .current_dir(&project)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let sqs_backend = ("MODALKIT_APP_SETTINGS__QUEUE_CONFIG__BACKEND", "sqs");
+    let (code, stderr) = check(&[sqs_backend]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("app_settings.queue_config.backend")
+            && stderr.contains("`sqs` feature")
+            && stderr.contains("MODALKIT_APP_SETTINGS__QUEUE_CONFIG__BACKEND"),
+        "{stderr}"
+    );
+    let (code, stderr) = check(&[("MODALKIT_APP_SETTINGS__QUEUE_CONFIG__INPUT_QUEUE", "jobs")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("input_queue"), "{stderr}");
+
+    let dead_letters = outside.path().join("dead-letters.jsonl");
     let port = free_port();
     let server = Server(
         Command::new(&binary)
             .args(["serve", "--port", &port.to_string()])
             .current_dir(&project)
             .env("RUST_LOG", "warn")
+            .env(sqs_backend.0, sqs_backend.1)
+            .env(
+                "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__DEAD_LETTER_PATH",
+                &dead_letters,
+            )
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -171,6 +206,58 @@ fn a_new_project_builds_serves_and_its_modal_app_builds_its_own_binary() {
             (422, Some("validation_failed")),
             "{body}"
         );
+        // A job naming a queue of the backend this binary lacks: refused,
+        // naming the feature, and nothing accepted or dead-lettered.
+        let job = |body: Value| {
+            let request = client
+                .post(format!("{base}/predict_async"))
+                .json(&body)
+                .send();
+            async move {
+                let response = request.await.unwrap();
+                let status = response.status().as_u16();
+                (status, response.json::<Value>().await.unwrap())
+            }
+        };
+        let review = json!({"text": "a fine review of at least fifty characters, for sure"});
+        let (status, body) = job(json!({"message": review, "success_queue": "results"})).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["code"], "queue_not_compiled", "{body}");
+        assert_eq!(body["error"]["details"]["feature"], "sqs", "{body}");
+        assert_eq!(body["error"]["details"]["path"], "success_queue", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("`sqs` feature"), "{message}");
+        let (status, body) = job(json!({"message": review, "failure_queue": "failures"})).await;
+        assert_eq!(
+            (status, body["error"]["details"]["path"].as_str()),
+            (422, Some("failure_queue")),
+            "{body}"
+        );
+        // A job naming no queue needs no backend: accepted and run.
+        let (status, body) = job(json!({"message": review})).await;
+        assert_eq!(status, 200, "{body}");
+        let job_id = body["job_id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let record: Value = client
+                .get(format!("{base}/jobs/{job_id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if record["status"] == "succeeded" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the job never ended: {record}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !dead_letters.exists(),
+            "dead-lettered: {}",
+            std::fs::read_to_string(&dead_letters).unwrap_or_default()
+        );
         let openapi: Value = client
             .get(format!("{base}/openapi.json"))
             .send()
@@ -203,8 +290,8 @@ app = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(app)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    info = app.app.registered_functions["ModalkitServer.*"].info()
-print(json.dumps({"app": app.app.name, "methods": info.method_names,
+    info = app.app.registered_functions["ModalkitServer"].info()
+print(json.dumps({"app": app.app.name, "max_inputs": info.concurrency_info.max_inputs,
                   "source": app.image_source(app.SETTINGS, app.PATHS)}))
 "#;
     let output = Command::new(&python)
@@ -223,7 +310,8 @@ print(json.dumps({"app": app.app.name, "methods": info.method_names,
     );
     let imported: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(imported["app"], "review-model-dev");
-    assert_eq!(imported["methods"], json!(["serve"]));
+    // The template: one model, max_batch_size 32, the default queue depth.
+    assert_eq!(imported["max_inputs"], json!(1024 + 32));
     let source = &imported["source"];
     let project_dir = project.canonicalize().unwrap();
     assert_eq!(

@@ -13,7 +13,10 @@ makes of them:
   - kind "async_reply": the same app answering /predict_async;
   - kind "success" / "item_failure" / "batch_failure": what
     ModalService.send_async_response sends to the queue (send_response_queue
-    captured), for the echo output or error given.
+    captured), for the echo output or error given;
+  - kind "translate_success" / "translate_item_failure": the same for the
+    README's translate pipeline (examples/src/translate.rs written in
+    Python), with the entry's "default_language" or the "error" given.
 
 Installed by scripts/modalkit-oracle.sh into .venv-modalkit.
 """
@@ -65,6 +68,26 @@ def wire_cases(cases, base_config):
         batch_size: int
         worker: int
 
+    class TranslationInput(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        text: str
+        language: Optional[str] = None
+
+    class TranslationOutput(InferenceOutputModel):
+        translated_text: str
+        language: str
+        confidence: float
+
+    def translate(message, default_language):
+        text = message.text.strip()
+        letters = sum(1 for c in text if c.isalpha())
+        return TranslationOutput(
+            status="success",
+            translated_text=text.upper(),
+            language=message.language or default_language,
+            confidence=letters / len(text) if text else 0.0,
+        )
+
     def echo(message, batch_size=1, worker=0):
         return EchoOutput(
             status="success",
@@ -94,8 +117,15 @@ def wire_cases(cases, base_config):
                                    headers={"content-type": "application/json"})
             results[case["name"]] = {"status": response.status_code, "body": response.text}
             continue
-        request = AsyncInputModel[EchoInput].model_validate_json(case["body"])
-        if kind == "success":
+        if kind.startswith("translate_"):
+            request = AsyncInputModel[TranslationInput].model_validate_json(case["body"])
+        else:
+            request = AsyncInputModel[EchoInput].model_validate_json(case["body"])
+        if kind == "translate_success":
+            output = translate(request.message, case["default_language"])
+        elif kind == "translate_item_failure":
+            output = TranslationOutput.model_construct(status="error", error=case["error"])
+        elif kind == "success":
             output = echo(request.message, case["batch_size"], case["worker"])
         elif kind == "item_failure":
             output = EchoOutput.model_construct(status="error", error=case["error"])

@@ -4,5 +4,6 @@
 
 pub mod model;
 pub mod moto;
+pub mod oracle;
 pub mod pipeline;
 pub mod support;

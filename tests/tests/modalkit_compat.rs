@@ -11,33 +11,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use modalkit_core::settings::{ConfigSources, Settings};
-use modalkit_tests::support::{TestServer, client, client_python, settings_from_yaml};
+use modalkit_tests::oracle::oracle;
+use modalkit_tests::support::{TestServer, client, settings_from_yaml};
 use serde_json::{Value, json};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn oracle(request: &Value) -> Value {
-    let python = client_python();
-    let mut child = Command::new(python)
-        .arg(workspace().join("tests/oracle/modalkit_oracle.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the oracle starts");
-    serde_json::to_writer(child.stdin.take().unwrap(), request).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "the oracle failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// A fixture and the files it loads: its `# over:` base (recursively) first.

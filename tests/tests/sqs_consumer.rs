@@ -1,7 +1,8 @@
 //! The SQS input consumer with real server processes against moto: two
 //! processes share 500 messages and leave none behind; malformed messages
 //! end in the failure queue (or the dead-letter file) and are deleted; a
-//! process killed mid-batch leaves its messages to the other.
+//! message whose result this binary cannot deliver is refused and left on
+//! the queue; a process killed mid-batch leaves its messages to the other.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -220,6 +221,77 @@ async fn malformed_messages_go_to_the_failure_queue_or_dead_letters_and_are_dele
     assert_eq!(record["message"], "this is not JSON at all");
     assert_eq!(record["queue"], input.as_str());
     wait_until_empty(&client, &input_url, Duration::from_secs(30)).await;
+}
+
+/// The value of an unlabelled counter in a Prometheus scrape.
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_this_binary_cannot_deliver_is_refused_and_left_on_the_queue() {
+    // No webhook host is allowed, so a message naming a URL cannot be
+    // delivered here: it must be neither run nor dead-lettered, but left
+    // for a container that can (or the queue's redrive policy), while the
+    // message beside it runs.
+    let moto = Moto::shared();
+    let client = moto.sqs();
+    let (input, output) = (unique_queue("in-refused"), unique_queue("out-refused"));
+    let input_url = create_queue(&client, &input).await;
+    let bodies = vec![
+        json!({"message": {"text": "hooked"}, "success_queue": "http://169.254.169.254/latest"})
+            .to_string(),
+        json!({"message": {"text": "plain"}, "success_queue": output}).to_string(),
+    ];
+    send_bodies(&client, &input_url, &bodies).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(
+        BINARY.as_ref(),
+        &config(dir.path(), &input, 2),
+        &moto.process_env(),
+        dir.path().join("s.log"),
+    );
+    let results = collect_messages(&client, &output, 1, Duration::from_secs(60)).await;
+    assert_eq!(echoes(&results), BTreeSet::from(["PLAIN".to_owned()]));
+
+    // Refused once, then again after its visibility timeout: it came back.
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let metrics = http
+            .get(format!("{}/metrics", server.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if counter(&metrics, "modalkit_input_messages_refused_total") >= 2.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the message was not refused twice:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (visible, hidden) = messages_left(&client, &input_url).await;
+    assert_eq!(visible + hidden, 1, "the refused message is still queued");
+    assert!(
+        !dir.path().join("dead.jsonl").exists(),
+        "nothing is dead-lettered for a refused message"
+    );
+    assert!(
+        server.log_text().contains("webhook_allowed_hosts"),
+        "the log says why: {}",
+        server.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

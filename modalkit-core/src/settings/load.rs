@@ -27,6 +27,11 @@ pub struct Loaded {
     /// Problems modalkit would accept: unknown keys (with the nearest known
     /// key), a short API key, no models. `check --strict` fails on them.
     pub warnings: Vec<String>,
+    /// Where each value that some source set came from: dotted path (e.g.
+    /// `app_settings.queue_config.backend`) -> `from file X` or `from
+    /// environment variable NAME`. A path not here holds its built-in
+    /// default, which tells what a yaml names from what it leaves to us.
+    pub origins: BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -107,7 +112,11 @@ impl Settings {
         })?;
         let mut warnings = warnings.into_inner();
         warnings.extend(settings.warnings());
-        Ok(Loaded { settings, warnings })
+        Ok(Loaded {
+            settings,
+            warnings,
+            origins: merged.origins,
+        })
     }
 
     /// What is allowed (as modalkit allows it) but likely a mistake.

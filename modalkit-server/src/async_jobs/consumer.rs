@@ -184,6 +184,7 @@ async fn handle<P: InferencePipeline>(
     match disposition {
         Disposition::Delete => delete(&context, &message).await,
         Disposition::Release => release(&context, &message).await,
+        Disposition::Refuse => {}
     }
 }
 

@@ -143,6 +143,11 @@ pub enum Disposition {
     Delete,
     /// It could not run here now: make the message visible again.
     Release,
+    /// This binary cannot deliver its result (a queue whose backend is not
+    /// compiled in, a URL off the allow-list): leave the message hidden
+    /// until its visibility timeout, for a container that can, or for the
+    /// queue's own redrive policy. Nothing is run or dead-lettered.
+    Refuse,
 }
 
 /// The async jobs of a server. See the module docs.
@@ -157,6 +162,8 @@ pub struct AsyncJobs<P: InferencePipeline> {
     /// How long an unfinished record may live before it expires.
     record_ttl_seconds: f64,
     tracer: Tracer,
+    /// Consumed jobs refused because their queues cannot be delivered to.
+    refused: metrics::Counter,
 }
 
 /// A message the SQS consumer hands in (see [`AsyncJobs::run_consumed`]).
@@ -197,6 +204,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             async_timeout,
             record_ttl_seconds: async_timeout.as_secs_f64() + ttl_seconds,
             tracer: Tracer::disabled(),
+            refused: metrics::counter!("modalkit_input_messages_refused_total"),
         }
     }
 
@@ -235,8 +243,9 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         !matches!(self.intake, JobIntake::Embedded)
     }
 
-    /// Accepts a validated job for `model` and returns its id. A queue that
-    /// is a URL this server may not call is a 422. With an idempotency key
+    /// Accepts a validated job for `model` and returns its id. A queue this
+    /// binary cannot deliver to (its backend not compiled in, or a URL this
+    /// server may not call) is a 422, and nothing is accepted. With an idempotency key
     /// already used for the same request, returns that job's id and accepts
     /// nothing new; with another request, 422. The job's trace continues
     /// `traceparent` (the accepting request's).
@@ -248,17 +257,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         idempotency: Option<IdempotencyKey>,
         traceparent: Option<String>,
     ) -> Result<Uuid, ApiError> {
-        for (field, queue) in [
-            ("success_queue", &envelope.success_queue),
-            ("failure_queue", &envelope.failure_queue),
-        ] {
-            self.delivery
-                .check_destination(queue)
-                .map_err(|message| ApiError::InvalidBody {
-                    path: field.to_owned(),
-                    message,
-                })?;
-        }
+        check_destinations(&self.delivery, &envelope)?;
         let id = Uuid::new_v4();
         if let Some(key) = &idempotency {
             match self.store.claim_key(&key.key, &key.fingerprint, id).await? {
@@ -426,6 +425,12 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             ..
         } = job;
         let model = model.as_str();
+        if let Err(err) = check_destinations(&self.delivery, &envelope) {
+            tracing::error!(job_id = %id, %err, "refusing a consumed job this binary cannot deliver; it stays on the input queue");
+            span.set_error(&format!("refused: {err}"));
+            self.refused.increment(1);
+            return Disposition::Refuse;
+        }
         let job_id = id.to_string();
         let trace = JobTrace { id: &job_id, span };
         if !recorded
@@ -632,6 +637,24 @@ async fn send_to_input_queue(
     sqs.send_outgoing(queue, outgoing).await.map_err(|err| {
         ApiError::Unavailable(format!("the input queue did not take the job: {err}"))
     })
+}
+
+/// Refuses a job whose success or failure queue this server cannot deliver
+/// to, before anything is recorded: its result could only be dead-lettered.
+fn check_destinations(delivery: &Delivery, envelope: &AsyncInput<Value>) -> Result<(), ApiError> {
+    for (field, queue) in [
+        ("success_queue", &envelope.success_queue),
+        ("failure_queue", &envelope.failure_queue),
+    ] {
+        delivery
+            .check_destination(queue)
+            .map_err(|source| ApiError::UndeliverableQueue {
+                field,
+                queue: queue.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 impl From<StoreError> for ApiError {

@@ -1,0 +1,144 @@
+//! The example binaries as a user gets them: `translate` built exactly as
+//! the README builds it (`cargo build -p modalkit-examples --bin translate`,
+//! not with the features this workspace's tests unify), run with modalkit's
+//! default `queue_config.backend: sqs` against a real SQS-API server (moto).
+//! Its success and failure messages must arrive, byte-identical to what the
+//! real modalkit 0.2.0 sends for the same jobs; nothing may be dead-lettered.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use modalkit_tests::model::workspace_root;
+use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
+use modalkit_tests::oracle::oracle;
+use modalkit_tests::support::{ServerProcess, client, post_json};
+use serde_json::{Value, json};
+
+/// Builds `bin` of the examples package as the README does and returns
+/// where Cargo put it.
+fn build_as_the_readme_does(bin: &str) -> PathBuf {
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "-p", "modalkit-examples", "--bin", bin])
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build -p modalkit-examples --bin {bin} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|message| message["target"]["name"] == bin)
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .expect("cargo names the executable it built")
+}
+
+/// The binary's own account of the features a config needs and has.
+fn features_report(binary: &Path, config: &Path, env: &[(&str, &str)]) -> Value {
+    let output = Command::new(binary)
+        .args(["check", "--features", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("check --features prints JSON")
+}
+
+#[tokio::test]
+async fn readme_translate_delivers_to_sqs_as_modalkit_does() {
+    let binary = build_as_the_readme_does("translate");
+    let config = workspace_root().join("config/modalkit.yaml");
+    let report = features_report(
+        &binary,
+        &config,
+        &[("MODALKIT_APP_SETTINGS__QUEUE_CONFIG__BACKEND", "sqs")],
+    );
+    assert_eq!(report["needed"], json!(["sqs"]), "{report}");
+    for feature in ["sqs", "dynamodb", "webhooks"] {
+        assert!(
+            report["compiled"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(feature)),
+            "the README's translate lacks `{feature}`: {report}"
+        );
+    }
+
+    let moto = Moto::shared();
+    let scratch = tempfile::tempdir().unwrap();
+    let dead_letters = scratch.path().join("dead-letters.jsonl");
+    let mut env: Vec<(&str, String)> = moto.process_env();
+    env.push(("MODALKIT_APP_SETTINGS__QUEUE_CONFIG__BACKEND", "sqs".into()));
+    env.push((
+        "MODALKIT_APP_SETTINGS__QUEUE_CONFIG__DEAD_LETTER_PATH",
+        dead_letters.display().to_string(),
+    ));
+    let server = ServerProcess::spawn(&binary, &config, &env, scratch.path().join("server.log"));
+    let http = client();
+    let (success_queue, failure_queue) = (unique_queue("readme-ok"), unique_queue("readme-err"));
+    let meta = json!({"z": 1, "a": "é", "nested": {"b": [1, 2.5, true], "a": null}});
+    let success_body = json!({"message": {"text": " héllo wörld "}, "success_queue": success_queue, "failure_queue": failure_queue, "meta": meta}).to_string();
+    let failure_body = json!({"message": {"text": "   ", "language": "de"}, "success_queue": success_queue, "failure_queue": failure_queue, "meta": {"k": "v"}}).to_string();
+    for body in [&success_body, &failure_body] {
+        let (status, reply) = post_json(
+            &http,
+            &format!("{}/predict_async", server.base_url),
+            &serde_json::from_str(body).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{reply}\n{}", server.log_text());
+        assert!(reply["job_id"].is_string(), "{reply}");
+    }
+    let sqs = moto.sqs();
+    let limit = Duration::from_secs(30);
+    let successes = collect_messages(&sqs, &success_queue, 1, limit).await;
+    let failures = collect_messages(&sqs, &failure_queue, 1, limit).await;
+    assert_eq!(
+        successes.len(),
+        1,
+        "success queue: {successes:?}\n{}",
+        server.log_text()
+    );
+    assert_eq!(
+        failures.len(),
+        1,
+        "failure queue: {failures:?}\n{}",
+        server.log_text()
+    );
+    assert!(
+        !dead_letters.exists(),
+        "dead-lettered: {}",
+        std::fs::read_to_string(&dead_letters).unwrap_or_default()
+    );
+
+    let failure: Value = serde_json::from_str(&failures[0]).unwrap();
+    let answer = oracle(&json!({
+        "wire": [
+            {"name": "success", "kind": "translate_success", "body": success_body, "default_language": "fr"},
+            {"name": "failure", "kind": "translate_item_failure", "body": failure_body, "error": failure["error"]},
+        ],
+        "wire_config": workspace_root().join("tests/fixtures/modalkit-yaml/base.yaml"),
+    }));
+    for (name, queue, ours) in [
+        ("success", &success_queue, &successes[0]),
+        ("failure", &failure_queue, &failures[0]),
+    ] {
+        let theirs = &answer["wire"][name];
+        assert_eq!(theirs["queue"], json!(queue), "{answer}");
+        assert_eq!(
+            theirs["body"].as_str(),
+            Some(ours.as_str()),
+            "{name} message: modalkit's and ours differ"
+        );
+    }
+}
