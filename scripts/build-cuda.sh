@@ -27,9 +27,9 @@
 # wheels. cudarc 0.19.10 (pulled in by candle-core's `cuda` feature) knows
 # CUDA up to 13.4 and reads the version from `nvcc --version`, so the pins
 # below must stay at 13.4.x or lower until cudarc is upgraded.
-# deploy/Dockerfile.cuda builds against CUDA 12.4.1 instead (nvidia/cuda
-# image); this script checks that the code compiles, with cudarc's CUDA 13.4
-# bindings.
+# deploy/Dockerfile.cuda builds on the nvidia/cuda images of the same
+# release (CUDA_TOOLKIT below; deploy/tests checks that its CUDA_VERSION is
+# this one).
 #
 # What the build needs, from the crates' build scripts:
 # - nvcc on PATH (bindgen_cuda runs `nvcc --ptx` and `nvcc -c` for
@@ -60,6 +60,7 @@ root=$PWD
 venv=$root/.venv-cuda
 cuda=$venv/cuda
 # One CUDA release, as PyPI's cuda-toolkit==13.4.3 pins it.
+CUDA_TOOLKIT=13.4.3
 wheels=(
   nvidia-cuda-nvcc==13.4.92      # nvcc, cudafe++, ptxas, fatbinary, nvlink
   nvidia-nvvm==13.4.92           # cicc and libdevice, nvcc's device compiler

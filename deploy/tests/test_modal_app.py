@@ -335,3 +335,12 @@ def test_an_unconfigured_batch_size_is_the_servers(monkeypatch, tmp_path):
     config.write_text(feature_yaml("deployment_config: {}"))
     module = load_app(monkeypatch, tmp_path, None, MODALKIT_CONFIG=str(config))
     assert merged_by_the_server(config)["batch_config"]["max_batch_size"] == module.UNCONFIGURED_MAX_BATCH_SIZE
+
+
+def test_the_cuda_image_and_the_cuda_build_script_use_one_cuda_release():
+    script = (REPO / "scripts" / "build-cuda.sh").read_text()
+    dockerfile = (REPO / "deploy" / "Dockerfile.cuda").read_text()
+    toolkit = next(line.split("=", 1)[1] for line in script.splitlines() if line.startswith("CUDA_TOOLKIT="))
+    image = next(line.split("=", 1)[1] for line in dockerfile.splitlines() if line.startswith("ARG CUDA_VERSION="))
+    assert image == toolkit
+    assert f"cuda-toolkit=={toolkit}" in script
