@@ -176,17 +176,15 @@ fn a_new_project_builds_serves_and_its_modal_app_builds_its_own_binary() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let post = |body: Value| {
-            let request = client
-                .post(format!("{base}/predict_sync"))
-                .json(&body)
-                .send();
+        let post_to = |path: &str, body: Value| {
+            let request = client.post(format!("{base}{path}")).json(&body).send();
             async move {
                 let response = request.await.unwrap();
                 let status = response.status().as_u16();
                 (status, response.json::<Value>().await.unwrap())
             }
         };
+        let post = |body: Value| post_to("/predict_sync", body);
         let (status, body) =
             post(json!({"text": "a fine review of at least fifty characters, for sure"})).await;
         assert_eq!(status, 200, "{body}");
@@ -208,17 +206,7 @@ fn a_new_project_builds_serves_and_its_modal_app_builds_its_own_binary() {
         );
         // A job naming a queue of the backend this binary lacks: refused,
         // naming the feature, and nothing accepted or dead-lettered.
-        let job = |body: Value| {
-            let request = client
-                .post(format!("{base}/predict_async"))
-                .json(&body)
-                .send();
-            async move {
-                let response = request.await.unwrap();
-                let status = response.status().as_u16();
-                (status, response.json::<Value>().await.unwrap())
-            }
-        };
+        let job = |body: Value| post_to("/predict_async", body);
         let review = json!({"text": "a fine review of at least fifty characters, for sure"});
         let (status, body) = job(json!({"message": review, "success_queue": "results"})).await;
         assert_eq!(status, 422, "{body}");

@@ -101,13 +101,18 @@ async fn wait_until_empty(client: &aws_sdk_sqs::Client, url: &str, limit: Durati
     }
 }
 
-fn batches_run(metrics: &str) -> f64 {
+/// The value of the series `series` (name and labels, as scraped) in a
+/// Prometheus scrape; 0 when absent.
+fn metric(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
-        .find(|l| l.starts_with("modalkit_batch_size_count{model=\"echo\"}"))
-        .and_then(|l| l.rsplit(' ').next())
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+fn batches_run(metrics: &str) -> f64 {
+    metric(metrics, "modalkit_batch_size_count{model=\"echo\"}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -223,16 +228,6 @@ async fn malformed_messages_go_to_the_failure_queue_or_dead_letters_and_are_dele
     wait_until_empty(&client, &input_url, Duration::from_secs(30)).await;
 }
 
-/// The value of an unlabelled counter in a Prometheus scrape.
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_this_binary_cannot_deliver_is_refused_and_left_on_the_queue() {
     // No webhook host is allowed, so a message naming a URL cannot be
@@ -271,7 +266,7 @@ async fn a_message_this_binary_cannot_deliver_is_refused_and_left_on_the_queue()
             .text()
             .await
             .unwrap();
-        if counter(&metrics, "modalkit_input_messages_refused_total") >= 2.0 {
+        if metric(&metrics, "modalkit_input_messages_refused_total") >= 2.0 {
             break;
         }
         assert!(
