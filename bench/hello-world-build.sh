@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cargo run -q --locked -p modalkit -- new "$work/hello-model" --modalkit-path "$PWD" >/dev/null
+cargo run -q --locked -p modalkit-rs -- new "$work/hello-model" --modalkit-path "$PWD" >/dev/null
 cp Cargo.lock "$work/hello-model/"
 cd "$work/hello-model"
 cargo fetch -q

@@ -182,9 +182,12 @@ test_project() {
   # lock file.
   local project=$work/review-model
   rm -rf "$project"
-  cargo run -q --locked -p modalkit --bin modalkit -- new "$project" --modalkit-path "$root" >/dev/null
+  cargo run -q --locked -p modalkit-rs --bin modalkit -- new "$project" --modalkit-path "$root" >/dev/null
   copy_tree "$project/modalkit-rs"
-  sed -i 's|^modalkit = { path = .* }|modalkit = { path = "modalkit-rs/modalkit" }|' "$project/Cargo.toml"
+  sed -i 's|^modalkit-rs = { path = .* }|modalkit-rs = { path = "modalkit-rs/modalkit" }|' "$project/Cargo.toml"
+  # A path dependency inside a workspace's folder would join that workspace;
+  # the copy keeps its own.
+  sed -i 's|^\[workspace\]$|[workspace]\nexclude = ["modalkit-rs"]|' "$project/Cargo.toml"
   cp Cargo.lock "$project/Cargo.lock"
   local took
   took=$(build "$project" "$project/Dockerfile" localhost/modalkit-review-model:test)

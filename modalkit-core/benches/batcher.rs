@@ -1,6 +1,6 @@
 #![allow(missing_docs, clippy::expect_used)]
 //! The batcher's own cost per item, with a pipeline that does nothing:
-//! `cargo bench -p modalkit-core --bench batcher`.
+//! `cargo bench -p modalkit-rs-core --bench batcher`.
 //!
 //! Each case pushes N items through one batcher from S concurrent
 //! submitters (each awaiting its item before submitting the next), with

@@ -54,7 +54,7 @@ fn readme_quickstart_is_the_generated_pipeline() {
     let end = start + readme[start..].find("```").unwrap();
     assert_eq!(
         &readme[start..end],
-        modalkit::scaffold::quickstart_source(),
+        include_str!("../templates/main.rs"),
         "README quickstart and modalkit/templates/main.rs differ"
     );
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use modalkit::InferencePipeline;
 use modalkit_examples::embeddings::{EmbeddingInput, Embeddings};
 
-// mimalloc, as the server: modalkit's default `mimalloc` feature.
+/// mimalloc, as the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

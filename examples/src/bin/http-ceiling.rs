@@ -3,9 +3,10 @@
 //! It also takes OTLP trace exports (`POST /v1/traces`, answered 200 unread)
 //! as the sink of the traced run. `http-ceiling PORT`.
 
-// Linked for its allocator (mimalloc, modalkit's default), so both sides of
-// the comparison allocate alike and the difference is the framework's.
-use modalkit as _;
+/// mimalloc, as the servers it is compared with, so both sides of the
+/// comparison allocate alike and the difference is the framework's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use axum::Json;
 use axum::routing::post;

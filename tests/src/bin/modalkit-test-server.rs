@@ -11,6 +11,10 @@ use modalkit_queue::{InMemoryQueue, QueueBackend};
 use modalkit_server::ServerOptions;
 use modalkit_tests::pipeline::EchoPipeline;
 
+/// mimalloc, as the example binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let dump = std::env::var("MODALKIT_TEST_QUEUE_DUMP").ok();
     let queue = Arc::new(InMemoryQueue::new(1_000_000));
@@ -20,7 +24,7 @@ fn main() -> ExitCode {
             .map(|_| Arc::clone(&queue) as Arc<dyn QueueBackend>),
         ..Default::default()
     };
-    let code = modalkit_server::cli::run_with::<EchoPipeline>(options);
+    let code = modalkit_server::run_with::<EchoPipeline>(options);
     if let Some(path) = dump {
         let snapshot = serde_json::to_string(&queue.snapshot()).unwrap_or_default();
         if let Err(err) = std::fs::write(&path, snapshot) {

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use modalkit::scaffold::{NewProject, write_project};
+use scaffold::{NewProject, write_project};
+
+mod scaffold;
 
 /// modalkit-rs project tools.
 #[derive(Debug, Parser)]

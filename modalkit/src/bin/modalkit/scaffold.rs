@@ -1,6 +1,6 @@
 //! `modalkit new`: writes a new pipeline crate that builds, serves and
 //! deploys on its own: `src/main.rs` (the README's quickstart pipeline),
-//! `modalkit.yaml`, `Cargo.toml` depending on `modalkit` alone, the
+//! `modalkit.yaml`, `Cargo.toml` depending on `modalkit-rs` alone, the
 //! Dockerfiles and the Modal app of `deploy/` set to the new package and
 //! binary, a README, `.gitignore` and `.dockerignore`.
 
@@ -13,12 +13,13 @@ pub struct NewProject {
     /// The folder to create; its name is the crate's and the binary's.
     pub path: PathBuf,
     /// Depend on a local checkout of modalkit-rs (the folder holding the
-    /// `modalkit` crate or the workspace) instead of the git repository.
-    /// Docker builds need the git dependency: a path outside the project is
-    /// not in the image's build context.
+    /// `modalkit-rs` crate, or the workspace) instead of the crates
+    /// registry. Docker builds need a registry or git dependency: a path
+    /// outside the project is not in the image's build context.
     #[arg(long, value_name = "DIR")]
     pub modalkit_path: Option<PathBuf>,
-    /// The git repository to depend on (default: modalkit-rs's).
+    /// Depend on a git repository of modalkit-rs instead of the crates
+    /// registry.
     #[arg(long, value_name = "URL")]
     pub modalkit_git: Option<String>,
 }
@@ -34,9 +35,9 @@ pub enum ScaffoldError {
     /// The folder exists and is not empty.
     #[error("{0} already exists and is not empty")]
     NotEmpty(PathBuf),
-    /// `--modalkit-path` holds no `modalkit` crate.
+    /// `--modalkit-path` holds no `modalkit-rs` crate.
     #[error(
-        "{0} holds no modalkit crate (expected Cargo.toml with name = \"modalkit\", or modalkit/Cargo.toml)"
+        "{0} holds no modalkit-rs crate (expected Cargo.toml with name = \"modalkit-rs\", or modalkit/Cargo.toml)"
     )]
     NoModalkitCrate(PathBuf),
     /// Writing failed.
@@ -72,21 +73,15 @@ impl fmt::Display for Written {
     }
 }
 
-const MAIN_RS: &str = include_str!("../templates/main.rs");
-const CARGO_TOML: &str = include_str!("../templates/Cargo.toml");
-const MODALKIT_YAML: &str = include_str!("../templates/modalkit.yaml");
-const README_MD: &str = include_str!("../templates/README.md");
-const GITIGNORE: &str = include_str!("../templates/gitignore");
-const DOCKERIGNORE: &str = include_str!("../templates/dockerignore");
-const DOCKERFILE: &str = include_str!("../../deploy/Dockerfile");
-const DOCKERFILE_CUDA: &str = include_str!("../../deploy/Dockerfile.cuda");
-const MODAL_APP: &str = include_str!("../../deploy/modal_app.py");
-
-/// The quickstart pipeline `modalkit new` writes as `src/main.rs` (also the
-/// README's quickstart, which a test keeps identical).
-pub fn quickstart_source() -> &'static str {
-    MAIN_RS
-}
+const MAIN_RS: &str = include_str!("../../../templates/main.rs");
+const CARGO_TOML: &str = include_str!("../../../templates/Cargo.toml.in");
+const MODALKIT_YAML: &str = include_str!("../../../templates/modalkit.yaml");
+const README_MD: &str = include_str!("../../../templates/README.md");
+const GITIGNORE: &str = include_str!("../../../templates/gitignore");
+const DOCKERIGNORE: &str = include_str!("../../../templates/dockerignore");
+const DOCKERFILE: &str = include_str!("../../../templates/deploy/Dockerfile");
+const DOCKERFILE_CUDA: &str = include_str!("../../../templates/deploy/Dockerfile.cuda");
+const MODAL_APP: &str = include_str!("../../../templates/deploy/modal_app.py");
 
 /// Writes the project `request` asks for.
 pub fn write_project(request: &NewProject) -> Result<Written, ScaffoldError> {
@@ -110,12 +105,9 @@ pub fn write_project(request: &NewProject) -> Result<Written, ScaffoldError> {
                 toml_string(&crate_dir.display().to_string())
             )
         }
-        (None, git) => {
-            let url = git
-                .clone()
-                .unwrap_or_else(|| env!("CARGO_PKG_REPOSITORY").to_owned());
-            format!("{{ git = {} }}", toml_string(&url))
-        }
+        (None, Some(url)) => format!("{{ git = {} }}", toml_string(url)),
+        // What `cargo add modalkit-rs` writes: this tool's own version.
+        (None, None) => toml_string(env!("CARGO_PKG_VERSION")),
     };
     let fill = |template: &str| {
         template
@@ -167,7 +159,7 @@ fn modalkit_crate_dir(path: &Path) -> Result<PathBuf, ScaffoldError> {
         let manifest = std::fs::read_to_string(candidate.join("Cargo.toml")).unwrap_or_default();
         if manifest
             .lines()
-            .any(|line| line.trim() == "name = \"modalkit\"")
+            .any(|line| line.trim() == "name = \"modalkit-rs\"")
         {
             return Ok(candidate);
         }

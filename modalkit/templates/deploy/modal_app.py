@@ -1,0 +1,1 @@
+../../../deploy/modal_app.py
