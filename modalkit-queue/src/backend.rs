@@ -1,5 +1,6 @@
 //! The `QueueBackend` trait: modalkit's contract (`send_message(queue_name,
-//! message)`) with real errors instead of a bool.
+//! message)`) with real errors instead of a bool, and the labels a backend
+//! may attach to a message without changing its body.
 
 use async_trait::async_trait;
 
@@ -12,14 +13,14 @@ use crate::error::QueueError;
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use modalkit_queue::{QueueBackend, QueueError};
+/// use modalkit_queue::{Labels, QueueBackend, QueueError};
 ///
 /// struct Stdout;
 ///
 /// #[async_trait]
 /// impl QueueBackend for Stdout {
 ///     fn name(&self) -> &str { "stdout" }
-///     async fn send_message(&self, queue: &str, message: &str) -> Result<(), QueueError> {
+///     async fn send(&self, queue: &str, message: &str, _: &Labels<'_>) -> Result<(), QueueError> {
 ///         println!("{queue}: {message}");
 ///         Ok(())
 ///     }
@@ -30,45 +31,44 @@ pub trait QueueBackend: Send + Sync + 'static {
     /// The backend's name, for metrics and logs.
     fn name(&self) -> &str;
 
-    /// Sends one message (a JSON document) to the named queue.
-    async fn send_message(&self, queue: &str, message: &str) -> Result<(), QueueError>;
-
-    /// Sends a message with an id that stays the same across retries of one
-    /// result, for backends that deduplicate (SQS FIFO). By default the id
-    /// is ignored.
-    async fn send_message_with_id(
-        &self,
-        queue: &str,
-        message: &str,
-        id: &str,
-    ) -> Result<(), QueueError> {
-        let _ = id;
-        self.send_message(queue, message).await
-    }
-
-    /// Sends an async job's result. Backends that can label a message
-    /// without changing its body do so (SQS: `job_id` and `traceparent`
-    /// message attributes, and the job id as FIFO deduplication id, so a
-    /// result delivered again after a crash is recognisable as the same
-    /// job's). By default the same as
-    /// [`send_message_with_id`](Self::send_message_with_id) with the job id.
-    async fn send_job_result(
-        &self,
-        queue: &str,
-        message: &str,
-        labels: &JobLabels<'_>,
-    ) -> Result<(), QueueError> {
-        self.send_message_with_id(queue, message, labels.job_id)
-            .await
-    }
+    /// Sends one message (a JSON document) to the named queue. Backends
+    /// that can label a message without changing its body do so (SQS: the
+    /// `job_id` and `traceparent` message attributes, and the message id as
+    /// FIFO deduplication id, so a result delivered again after a crash is
+    /// recognisable as the same); others ignore `labels`.
+    async fn send(&self, queue: &str, message: &str, labels: &Labels<'_>)
+    -> Result<(), QueueError>;
 }
 
-/// What labels an async job's result besides its body.
+/// What labels a message besides its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobLabels<'a> {
-    /// The job's id.
-    pub job_id: &'a str,
+pub struct Labels<'a> {
+    /// The same on every retry of one message, so a backend that
+    /// deduplicates (SQS FIFO, a webhook receiver) sees one message.
+    pub message_id: &'a str,
+    /// The async job whose result this is.
+    pub job_id: Option<&'a str>,
     /// The W3C trace context (`traceparent`) of the span delivering it, so
     /// the consumer's trace continues the job's; `None` when not traced.
     pub traceparent: Option<&'a str>,
+}
+
+impl<'a> Labels<'a> {
+    /// A message that is no job's result.
+    pub fn message(message_id: &'a str) -> Self {
+        Labels {
+            message_id,
+            job_id: None,
+            traceparent: None,
+        }
+    }
+
+    /// An async job's result: its job id is also the message id.
+    pub fn job(job_id: &'a str, traceparent: Option<&'a str>) -> Self {
+        Labels {
+            message_id: job_id,
+            job_id: Some(job_id),
+            traceparent,
+        }
+    }
 }

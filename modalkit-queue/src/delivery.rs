@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use modalkit_core::settings::QueueConfig;
-use rand::Rng;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{JobLabels, QueueBackend};
+use crate::backend::{Labels, QueueBackend};
+use crate::backoff::Backoff;
 use crate::error::QueueError;
 
 /// How hard delivery tries before dead-lettering.
@@ -23,10 +23,8 @@ use crate::error::QueueError;
 pub struct RetryPolicy {
     /// Attempts in all.
     pub max_attempts: u32,
-    /// Delay before the second attempt; doubles each time.
-    pub initial_backoff: Duration,
-    /// Longest delay between attempts.
-    pub max_backoff: Duration,
+    /// The wait between attempts.
+    pub backoff: Backoff,
     /// Longest time one message may spend in delivery.
     pub max_total: Duration,
 }
@@ -36,25 +34,12 @@ impl RetryPolicy {
     pub fn from_config(config: &QueueConfig) -> Self {
         RetryPolicy {
             max_attempts: config.max_attempts.max(1),
-            initial_backoff: Duration::from_millis(config.initial_backoff_ms),
-            max_backoff: Duration::from_millis(config.max_backoff_ms),
+            backoff: Backoff::new(
+                Duration::from_millis(config.initial_backoff_ms),
+                Duration::from_millis(config.max_backoff_ms),
+            ),
             max_total: Duration::from_secs(config.max_delivery_seconds),
         }
-    }
-
-    /// The delay before attempt `attempt + 1` (full jitter over an
-    /// exponentially growing cap).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .initial_backoff
-            .saturating_mul(
-                1u32.checked_shl(attempt.saturating_sub(1))
-                    .unwrap_or(u32::MAX),
-            )
-            .min(self.max_backoff);
-        let low = cap / 2;
-        let jitter = rand::rng().random_range(0.0..=1.0);
-        low + (cap - low).mul_f64(jitter)
     }
 }
 
@@ -248,20 +233,19 @@ impl Delivery {
         })
     }
 
-    /// One attempt: `id` labels the message (FIFO deduplication, webhook
-    /// id); `job` its job, if it is a job's result.
+    /// One attempt.
     async fn send(
         &self,
         queue: &str,
         message: &str,
-        id: &str,
-        job: Option<&JobLabels<'_>>,
+        labels: &Labels<'_>,
     ) -> Result<(), QueueError> {
         if is_webhook(queue) {
             #[cfg(feature = "webhooks")]
             if let Some(sender) = &self.webhooks {
-                let traceparent = job.and_then(|labels| labels.traceparent);
-                return sender.send(queue, message, id, traceparent).await;
+                return sender
+                    .send(queue, message, labels.message_id, labels.traceparent)
+                    .await;
             }
             return Err(self.check_destination(queue).err().unwrap_or_else(|| {
                 QueueError::Rejected {
@@ -270,10 +254,7 @@ impl Delivery {
                 }
             }));
         }
-        match job {
-            Some(labels) => self.backend.send_job_result(queue, message, labels).await,
-            None => self.backend.send_message_with_id(queue, message, id).await,
-        }
+        self.backend.send(queue, message, labels).await
     }
 
     /// The dead-letter queue, if configured.
@@ -289,36 +270,14 @@ impl Delivery {
     /// Delivers one message: retries while the error is retryable and the
     /// policy allows, then dead-letters. Never fails: the outcome says where
     /// the message ended.
-    pub async fn deliver(&self, queue: &str, message: &str) -> Outcome {
-        self.deliver_labelled(queue, message, None).await
-    }
-
-    /// Delivers an async job's result, labelled with its job id (and trace
-    /// context) where the backend can (see [`QueueBackend::send_job_result`]).
-    pub async fn deliver_job_result(
-        &self,
-        queue: &str,
-        message: &str,
-        labels: &JobLabels<'_>,
-    ) -> Outcome {
-        self.deliver_labelled(queue, message, Some(labels)).await
-    }
-
-    async fn deliver_labelled(
-        &self,
-        queue: &str,
-        message: &str,
-        job: Option<&JobLabels<'_>>,
-    ) -> Outcome {
+    /// `labels` say what it is (see [`QueueBackend::send`]); every retry
+    /// sends the same labels.
+    pub async fn deliver(&self, queue: &str, message: &str, labels: &Labels<'_>) -> Outcome {
         let started = Instant::now();
-        let id = uuid::Uuid::new_v4().simple().to_string();
         let mut attempt = 0;
         let last_error = loop {
             attempt += 1;
-            let send = match job {
-                Some(labels) => self.send(queue, message, labels.job_id, job),
-                None => self.send(queue, message, &id, None),
-            };
+            let send = self.send(queue, message, labels);
             let sent = if self.give_up.is_cancelled() {
                 // After giving up, each delivery still makes its one attempt.
                 send.await
@@ -339,7 +298,7 @@ impl Delivery {
                 }
                 Err(error) => error,
             };
-            let delay = self.policy.backoff(attempt);
+            let delay = self.policy.backoff.delay(attempt);
             let out_of_budget = attempt >= self.policy.max_attempts
                 || started.elapsed() + delay > self.policy.max_total
                 || !error.is_retryable();
@@ -354,8 +313,13 @@ impl Delivery {
             }
         };
         self.failed.increment(1);
-        let job_id = job.map(|labels| labels.job_id);
-        let record = dead_letter_record(queue, message, &last_error.to_string(), attempt, job_id);
+        let record = dead_letter_record(
+            queue,
+            message,
+            &last_error.to_string(),
+            attempt,
+            labels.job_id,
+        );
         self.dead_letter(&record).await
     }
 
@@ -393,10 +357,14 @@ impl Delivery {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.backend.send_message_with_id(queue, record, &id).await {
+            match self
+                .backend
+                .send(queue, record, &Labels::message(&id))
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(err) if attempt < DEAD_LETTER_QUEUE_ATTEMPTS && err.is_retryable() => {
-                    tokio::time::sleep(self.policy.backoff(attempt)).await;
+                    tokio::time::sleep(self.policy.backoff.delay(attempt)).await;
                 }
                 Err(err) => return Err(err),
             }

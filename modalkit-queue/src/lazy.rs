@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use modalkit_core::settings::QueueConfig;
 use tokio::sync::OnceCell;
 
-use crate::backend::{JobLabels, QueueBackend};
+use crate::backend::{Labels, QueueBackend};
 use crate::error::QueueError;
 use crate::registry::BackendRegistry;
 
@@ -55,31 +55,12 @@ impl QueueBackend for LazyBackend {
         &self.config.backend
     }
 
-    async fn send_message(&self, queue: &str, message: &str) -> Result<(), QueueError> {
-        self.backend().await?.send_message(queue, message).await
-    }
-
-    async fn send_message_with_id(
+    async fn send(
         &self,
         queue: &str,
         message: &str,
-        id: &str,
+        labels: &Labels<'_>,
     ) -> Result<(), QueueError> {
-        self.backend()
-            .await?
-            .send_message_with_id(queue, message, id)
-            .await
-    }
-
-    async fn send_job_result(
-        &self,
-        queue: &str,
-        message: &str,
-        labels: &JobLabels<'_>,
-    ) -> Result<(), QueueError> {
-        self.backend()
-            .await?
-            .send_job_result(queue, message, labels)
-            .await
+        self.backend().await?.send(queue, message, labels).await
     }
 }

@@ -7,18 +7,22 @@
 //! [`BackendRegistry`] (`memory` built in, `sqs` with the `sqs` feature) or
 //! injected as instances.
 
-pub mod backend;
-pub mod delivery;
-pub mod error;
-pub mod lazy;
-pub mod memory;
-pub mod registry;
-#[cfg(feature = "sqs")]
-pub mod sqs;
-#[cfg(feature = "webhooks")]
-pub mod webhook;
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub use backend::{JobLabels, QueueBackend};
+mod backend;
+mod backoff;
+mod delivery;
+mod error;
+mod lazy;
+mod memory;
+mod registry;
+#[cfg(feature = "sqs")]
+mod sqs;
+#[cfg(feature = "webhooks")]
+mod webhook;
+
+pub use backend::{Labels, QueueBackend};
+pub use backoff::Backoff;
 pub use delivery::{
     DeadLetterFile, Delivery, Outcome, RetryPolicy, dead_letter_record, is_webhook,
 };
@@ -28,8 +32,8 @@ pub use memory::InMemoryQueue;
 pub use registry::BackendRegistry;
 #[cfg(feature = "sqs")]
 pub use sqs::{
-    JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, Outgoing, ReceivedMessage, SqsOptions, SqsQueue,
-    TRACEPARENT_ATTRIBUTE,
+    FIFO_MESSAGE_GROUP, JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, Outgoing, ReceivedMessage, SqsOptions,
+    SqsQueue, TRACEPARENT_ATTRIBUTE, is_fifo,
 };
 #[cfg(feature = "webhooks")]
 pub use webhook::{WebhookConfig, WebhookSender};

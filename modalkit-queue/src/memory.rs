@@ -6,16 +6,16 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::backend::QueueBackend;
+use crate::backend::{Labels, QueueBackend};
 use crate::error::QueueError;
 
 /// Messages per queue, in arrival order, at most `capacity` per queue.
 ///
 /// ```
 /// # tokio_test_block_on(async {
-/// use modalkit_queue::{InMemoryQueue, QueueBackend};
+/// use modalkit_queue::{InMemoryQueue, Labels, QueueBackend};
 /// let queue = InMemoryQueue::new(2);
-/// queue.send_message("done", "{\"n\":1}").await.unwrap();
+/// queue.send("done", "{\"n\":1}", &Labels::message("m1")).await.unwrap();
 /// assert_eq!(queue.peek("done"), vec!["{\"n\":1}".to_string()]);
 /// assert_eq!(queue.drain("done").len(), 1);
 /// assert!(queue.peek("done").is_empty());
@@ -77,7 +77,7 @@ impl QueueBackend for InMemoryQueue {
         "memory"
     }
 
-    async fn send_message(&self, queue: &str, message: &str) -> Result<(), QueueError> {
+    async fn send(&self, queue: &str, message: &str, _: &Labels<'_>) -> Result<(), QueueError> {
         let mut queues = self.lock();
         let entries = queues.entry(queue.to_owned()).or_default();
         if entries.len() >= self.capacity {

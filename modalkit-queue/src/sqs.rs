@@ -15,7 +15,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 
-use crate::backend::{JobLabels, QueueBackend};
+use crate::backend::{Labels, QueueBackend};
 use crate::error::QueueError;
 
 /// SQS's message size limit (256 KiB).
@@ -96,11 +96,6 @@ impl SqsQueue {
         }
     }
 
-    /// The SDK client.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     fn cached(&self, queue: &str) -> Option<String> {
         self.urls
             .lock()
@@ -154,16 +149,6 @@ impl SqsQueue {
                 queue: queue.to_owned(),
                 message: "CreateQueue returned no URL".to_owned(),
             })
-    }
-
-    async fn send(&self, queue: &str, message: &str, dedup_id: &str) -> Result<(), QueueError> {
-        let outgoing = Outgoing {
-            body: message,
-            dedup_id,
-            group_id: None,
-            attributes: &[],
-        };
-        self.send_outgoing(queue, outgoing).await
     }
 
     /// Sends one message; returns once SQS acknowledged it. A missing
@@ -303,33 +288,22 @@ impl QueueBackend for SqsQueue {
         "sqs"
     }
 
-    async fn send_message(&self, queue: &str, message: &str) -> Result<(), QueueError> {
-        self.send(queue, message, &uuid::Uuid::new_v4().simple().to_string())
-            .await
-    }
-
-    async fn send_message_with_id(
+    async fn send(
         &self,
         queue: &str,
         message: &str,
-        id: &str,
+        labels: &Labels<'_>,
     ) -> Result<(), QueueError> {
-        self.send(queue, message, id).await
-    }
-
-    async fn send_job_result(
-        &self,
-        queue: &str,
-        message: &str,
-        labels: &JobLabels<'_>,
-    ) -> Result<(), QueueError> {
-        let mut attributes = vec![(JOB_ID_ATTRIBUTE, labels.job_id)];
+        let mut attributes = Vec::with_capacity(2);
+        if let Some(job_id) = labels.job_id {
+            attributes.push((JOB_ID_ATTRIBUTE, job_id));
+        }
         if let Some(traceparent) = labels.traceparent {
             attributes.push((TRACEPARENT_ATTRIBUTE, traceparent));
         }
         let outgoing = Outgoing {
             body: message,
-            dedup_id: labels.job_id,
+            dedup_id: labels.message_id,
             group_id: None,
             attributes: &attributes,
         };

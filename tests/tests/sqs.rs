@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use modalkit_queue::{DeadLetterFile, Delivery, QueueBackend, QueueError, RetryPolicy, SqsQueue};
+use modalkit_queue::{
+    Backoff, DeadLetterFile, Delivery, Labels, QueueBackend, QueueError, RetryPolicy, SqsQueue,
+};
 use modalkit_server::ServerOptions;
 use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
 use modalkit_tests::support::{TestServer, client, post_json, settings_from_yaml};
@@ -23,6 +25,13 @@ async fn queue_url(client: &aws_sdk_sqs::Client, name: &str) -> Option<String> {
         .and_then(|o| o.queue_url().map(str::to_owned))
 }
 
+/// Sends `body` as a message with an id of its own (FIFO queues deduplicate
+/// by it), as the SQS backend's callers do.
+async fn send(sqs: &SqsQueue, queue: &str, body: &str) -> Result<(), QueueError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    sqs.send(queue, body, &Labels::message(&id)).await
+}
+
 #[tokio::test]
 async fn sqs_queue_creates_a_missing_queue_and_sends() {
     let moto = Moto::shared();
@@ -32,8 +41,8 @@ async fn sqs_queue_creates_a_missing_queue_and_sends() {
         queue_url(&moto.sqs(), &name).await.is_none(),
         "the queue does not exist yet"
     );
-    sqs.send_message(&name, r#"{"n":1}"#).await.unwrap();
-    sqs.send_message(&name, r#"{"n":2}"#).await.unwrap();
+    send(&sqs, &name, r#"{"n":1}"#).await.unwrap();
+    send(&sqs, &name, r#"{"n":2}"#).await.unwrap();
     assert!(
         queue_url(&moto.sqs(), &name).await.is_some(),
         "the queue was created"
@@ -48,7 +57,7 @@ async fn a_deleted_queue_is_recreated_on_the_next_send() {
     let moto = Moto::shared();
     let sqs = SqsQueue::from_config(&moto.aws_config());
     let name = unique_queue("vanishing");
-    sqs.send_message(&name, "first").await.unwrap();
+    send(&sqs, &name, "first").await.unwrap();
     let url = queue_url(&moto.sqs(), &name).await.unwrap();
     moto.sqs()
         .delete_queue()
@@ -56,7 +65,7 @@ async fn a_deleted_queue_is_recreated_on_the_next_send() {
         .send()
         .await
         .unwrap();
-    sqs.send_message(&name, "second").await.unwrap();
+    send(&sqs, &name, "second").await.unwrap();
     assert_eq!(
         collect_messages(&moto.sqs(), &name, 1, Duration::from_secs(20)).await,
         vec!["second"]
@@ -69,7 +78,7 @@ async fn fifo_queues_get_group_and_deduplication_ids_and_keep_order() {
     let sqs = SqsQueue::from_config(&moto.aws_config());
     let name = format!("{}.fifo", unique_queue("ordered"));
     for i in 0..5 {
-        sqs.send_message(&name, &format!("m{i}")).await.unwrap();
+        send(&sqs, &name, &format!("m{i}")).await.unwrap();
     }
     let client = moto.sqs();
     let url = queue_url(&client, &name).await.unwrap();
@@ -99,7 +108,7 @@ async fn fifo_queues_get_group_and_deduplication_ids_and_keep_order() {
             let attrs = message.attributes().unwrap();
             assert_eq!(
                 attrs[&MessageSystemAttributeName::MessageGroupId],
-                modalkit_queue::sqs::FIFO_MESSAGE_GROUP
+                modalkit_queue::FIFO_MESSAGE_GROUP
             );
             assert!(!attrs[&MessageSystemAttributeName::MessageDeduplicationId].is_empty());
             seen.push(message.body().unwrap().to_owned());
@@ -121,7 +130,7 @@ async fn an_oversized_message_fails_clearly_and_is_dead_lettered_at_once() {
     let sqs = std::sync::Arc::new(SqsQueue::from_config(&moto.aws_config()));
     let name = unique_queue("big");
     let huge = "x".repeat(300_000);
-    match sqs.send_message(&name, &huge).await {
+    match send(&sqs, &name, &huge).await {
         Err(
             err @ QueueError::TooLarge {
                 size: 300_000,
@@ -141,14 +150,15 @@ async fn an_oversized_message_fails_clearly_and_is_dead_lettered_at_once() {
     let dlq = dir.path().join("dead.jsonl");
     let policy = RetryPolicy {
         max_attempts: 5,
-        initial_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(1),
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
         max_total: Duration::from_secs(30),
     };
     let delivery = Delivery::new(sqs, policy, DeadLetterFile::new(&dlq));
     let started = std::time::Instant::now();
-    let outcome = delivery.deliver(&name, &huge).await;
-    assert_eq!(outcome, modalkit_queue::delivery::Outcome::DeadLettered);
+    let outcome = delivery
+        .deliver(&name, &huge, &Labels::message("huge"))
+        .await;
+    assert_eq!(outcome, modalkit_queue::Outcome::DeadLettered);
     assert!(
         started.elapsed() < Duration::from_millis(150),
         "no retries for a message that cannot fit"
@@ -176,7 +186,7 @@ async fn predict_async_results_land_in_the_named_sqs_queues() {
         aws_config: Some(moto.aws_config()),
         ..Default::default()
     };
-    let server = TestServer::start_with(settings, options).await;
+    let server = TestServer::builder(settings).options(options).start().await;
     let (ok_queue, err_queue) = (unique_queue("ok"), unique_queue("err"));
     let http = client();
     let good = json!({"message": {"text": "queued"}, "success_queue": ok_queue, "failure_queue": err_queue, "meta": {"id": "g"}});
@@ -233,7 +243,7 @@ async fn the_api_key_from_ssm_is_enforced_on_the_http_routes() {
         aws_config: Some(moto.aws_config()),
         ..Default::default()
     };
-    let server = TestServer::start_with(settings, options).await;
+    let server = TestServer::builder(settings).options(options).start().await;
     let http = client();
     let without = http
         .post(server.url("/predict_sync"))
