@@ -86,9 +86,9 @@ struct PoolingConfig {
 /// Which implementation of the encoder runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
-    /// This project's CPU encoder ([`cpu`]); CPU only.
+    /// This project's CPU encoder (`modalkit::candle::encoder::cpu`); CPU only.
     Native,
-    /// The encoder on candle's ops ([`bert`]); any device.
+    /// The encoder on candle's ops (`modalkit::candle::encoder::bert`); any device.
     Candle,
 }
 
@@ -337,7 +337,7 @@ impl InferencePipeline for Embeddings {
 }
 
 /// The OpenAI-compatible routes (`/v1/embeddings`, `/v1/models`).
-impl modalkit::server::openai::EmbeddingModel for Embeddings {
+impl modalkit::openai::EmbeddingModel for Embeddings {
     fn input_from_text(text: String) -> EmbeddingInput {
         EmbeddingInput { text }
     }

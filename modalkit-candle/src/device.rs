@@ -4,8 +4,8 @@
 //! warning. Resolving also registers candle's fatal-error classification.
 
 use candle_core::Device;
+use modalkit_core::StartupError;
 use modalkit_core::device::DeviceRequest;
-use modalkit_core::error::{Error, Result};
 
 /// The candle device `request` gets on this machine and build.
 ///
@@ -14,11 +14,11 @@ use modalkit_core::error::{Error, Result};
 /// let device = modalkit_candle::resolve(DeviceRequest::Cpu).unwrap();
 /// assert_eq!(modalkit_candle::describe(&device), "cpu");
 /// ```
-pub fn resolve(request: DeviceRequest) -> Result<Device> {
+pub fn resolve(request: DeviceRequest) -> Result<Device, StartupError> {
     crate::fatal::install();
     match request {
         DeviceRequest::Cpu => Ok(Device::Cpu),
-        DeviceRequest::Cuda(ordinal) => cuda(ordinal).map_err(|reason| Error::Device {
+        DeviceRequest::Cuda(ordinal) => cuda(ordinal).map_err(|reason| StartupError::Device {
             requested: request.to_string(),
             reason,
         }),
@@ -35,7 +35,7 @@ pub fn resolve(request: DeviceRequest) -> Result<Device> {
     }
 }
 
-fn cuda(ordinal: usize) -> std::result::Result<Device, String> {
+fn cuda(ordinal: usize) -> Result<Device, String> {
     if !candle_core::utils::cuda_is_available() {
         return Err("this binary was built without the `cuda` feature; rebuild with `--features cuda` or set device: cpu".to_owned());
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use crate::context::ModelContext;
-use crate::error::{Error, Result};
+use crate::error::{ItemError, StartupError};
 use crate::pipeline::InferencePipeline;
 use crate::settings::Settings;
 use intake::Pending;
@@ -39,7 +39,7 @@ pub struct BatcherConfig {
     /// `intake.rs`.
     pub adaptive_wait: Duration,
     /// Most items queued; past it [`Batcher::submit`] fails with
-    /// [`Error::Overloaded`].
+    /// [`ItemError::Overloaded`].
     pub max_queue_depth: usize,
     /// Worker threads, each with its own pipeline instance.
     pub workers: usize,
@@ -92,7 +92,7 @@ pub struct SubmitOptions {
     pub deadline: Option<Instant>,
     /// Called (on the worker thread) when the item's batch starts, before
     /// any pipeline code sees it. Returning `false` withdraws the item: it
-    /// is never computed and its ticket resolves to [`Error::Cancelled`].
+    /// is never computed and its ticket resolves to [`ItemError::Cancelled`].
     pub on_start: Option<Box<dyn FnOnce() -> bool + Send>>,
     /// Filled in just before the item is answered: how long it queued, how
     /// big its batch was and when each stage ran (for the reply's timing
@@ -158,10 +158,10 @@ impl<P: InferencePipeline> Batcher<P> {
         model: &str,
         config: BatcherConfig,
         context_for: impl Fn(usize) -> ModelContext,
-    ) -> Result<Self> {
+    ) -> Result<Self, StartupError> {
         let (state_tx, state_rx) = watch::channel(BatcherState::Serving);
         let shared = Arc::new(intake::Shared::new(model, config.clone(), state_tx));
-        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<String>>();
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<String, StartupError>>();
         let mut workers = Vec::new();
         for index in 0..config.workers.max(1) {
             let ctx = context_for(index);
@@ -170,7 +170,7 @@ impl<P: InferencePipeline> Batcher<P> {
             let handle = std::thread::Builder::new()
                 .name(format!("modalkit-{model}-{index}"))
                 .spawn(move || worker::run::<P>(shared, ctx, loaded))
-                .map_err(|err| Error::Load {
+                .map_err(|err| StartupError::Load {
                     model: model.to_owned(),
                     message: format!("cannot start worker thread: {err}"),
                 })?;
@@ -184,7 +184,7 @@ impl<P: InferencePipeline> Batcher<P> {
                 Ok(Ok(loaded_on)) => device = loaded_on,
                 Ok(Err(err)) => failure = failure.or(Some(err)),
                 Err(_) => {
-                    failure = failure.or(Some(Error::Load {
+                    failure = failure.or(Some(StartupError::Load {
                         model: model.to_owned(),
                         message: "a worker thread died while loading".to_owned(),
                     }))
@@ -226,9 +226,9 @@ impl<P: InferencePipeline> Batcher<P> {
     }
 
     /// Queues one item with the default deadline. Fails at once with
-    /// [`Error::Overloaded`] when the queue is full and
-    /// [`Error::Unavailable`] when intake is closed.
-    pub fn submit(&self, input: P::Input) -> Result<Ticket<P::Output>> {
+    /// [`ItemError::Overloaded`] when the queue is full and
+    /// [`ItemError::Unavailable`] when intake is closed.
+    pub fn submit(&self, input: P::Input) -> Result<Ticket<P::Output>, ItemError> {
         self.submit_with(input, SubmitOptions::default())
     }
 
@@ -238,7 +238,7 @@ impl<P: InferencePipeline> Batcher<P> {
         &self,
         input: P::Input,
         options: SubmitOptions,
-    ) -> Result<Ticket<P::Output>> {
+    ) -> Result<Ticket<P::Output>, ItemError> {
         let now = Instant::now();
         let (reply, receiver) = oneshot::channel();
         let pending = Pending {
@@ -256,15 +256,15 @@ impl<P: InferencePipeline> Batcher<P> {
     }
 
     /// Queues one item, waiting for room while the queue is full (until the
-    /// item's deadline). Fails at once with [`Error::Unavailable`] when
-    /// intake is closed, and with [`Error::Overloaded`] if the deadline
+    /// item's deadline). Fails at once with [`ItemError::Unavailable`] when
+    /// intake is closed, and with [`ItemError::Overloaded`] if the deadline
     /// passes before there is room. The input is parsed once by the caller
     /// and never cloned: a refused push hands it back for the next try.
     pub async fn submit_waiting(
         &self,
         input: P::Input,
         options: SubmitOptions,
-    ) -> Result<Ticket<P::Output>> {
+    ) -> Result<Ticket<P::Output>, ItemError> {
         let now = Instant::now();
         let deadline = options
             .deadline
@@ -284,7 +284,7 @@ impl<P: InferencePipeline> Batcher<P> {
             room.as_mut().enable();
             match self.shared.push(pending) {
                 Ok(()) => return Ok(Ticket::new(receiver, self.model.clone())),
-                Err(refused) if matches!(refused.error, Error::Overloaded { .. }) => {
+                Err(refused) if matches!(refused.error, ItemError::Overloaded { .. }) => {
                     pending = refused.pending;
                 }
                 Err(refused) => return Err(refused.error),
@@ -292,7 +292,7 @@ impl<P: InferencePipeline> Batcher<P> {
             tokio::select! {
                 () = &mut room => {}
                 () = tokio::time::sleep_until(deadline.into()) => {
-                    return Err(Error::Overloaded {
+                    return Err(ItemError::Overloaded {
                         model: self.model.clone(),
                         depth: self.shared.config.max_queue_depth,
                     });
@@ -340,7 +340,7 @@ impl<P: InferencePipeline> Batcher<P> {
     }
 
     /// Fails every queued (not yet started) item with
-    /// [`Error::Unavailable`] carrying `reason`; used when a shutdown's grace
+    /// [`ItemError::Unavailable`] carrying `reason`; used when a shutdown's grace
     /// period ends. Returns how many were failed.
     pub fn fail_queued(&self, reason: &str) -> usize {
         self.shared.fail_queued(reason)

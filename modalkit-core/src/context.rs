@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::StartupError;
 use crate::settings::Settings;
 
 /// Everything a pipeline needs to load one model on one worker.
@@ -64,10 +64,10 @@ impl ModelContext {
     /// let err = ctx.entry::<Entry>().unwrap_err().to_string();
     /// assert!(err.contains("model_settings.model_entries.m.path"), "{err}");
     /// ```
-    pub fn entry<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn entry<T: DeserializeOwned>(&self) -> Result<T, StartupError> {
         serde_path_to_error::deserialize(&self.entry).map_err(|err| {
             let path = err.path().to_string();
-            Error::ModelEntry {
+            StartupError::ModelEntry {
                 model: self.model_name.clone(),
                 path: if path == "." {
                     String::new()

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::context::ModelContext;
-use crate::error::{Error, Result};
+use crate::error::StartupError;
 
 /// A device as written in config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,14 +21,14 @@ pub enum DeviceRequest {
 }
 
 impl FromStr for DeviceRequest {
-    type Err = Error;
+    type Err = StartupError;
 
     /// ```
     /// use modalkit_core::device::DeviceRequest;
     /// assert_eq!("cuda:1".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda(1));
     /// assert!("tpu".parse::<DeviceRequest>().is_err());
     /// ```
-    fn from_str(text: &str) -> Result<Self> {
+    fn from_str(text: &str) -> Result<Self, StartupError> {
         let lower = text.trim().to_ascii_lowercase();
         match lower.as_str() {
             "cpu" => Ok(DeviceRequest::Cpu),
@@ -38,7 +38,7 @@ impl FromStr for DeviceRequest {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceRequest::Cuda)
-                .ok_or_else(|| Error::Device {
+                .ok_or_else(|| StartupError::Device {
                     requested: text.to_owned(),
                     reason: "expected cpu, cuda, cuda:N or auto".to_owned(),
                 }),
@@ -59,11 +59,11 @@ impl fmt::Display for DeviceRequest {
 impl DeviceRequest {
     /// The request in a model's context (`device` in its entry, then in
     /// `common`); `cpu` when absent.
-    pub fn from_context(ctx: &ModelContext) -> Result<Self> {
+    pub fn from_context(ctx: &ModelContext) -> Result<Self, StartupError> {
         match ctx.setting("device") {
             None | Some(serde_json::Value::Null) => Ok(DeviceRequest::Cpu),
             Some(serde_json::Value::String(text)) => text.parse(),
-            Some(other) => Err(Error::Device {
+            Some(other) => Err(StartupError::Device {
                 requested: other.to_string(),
                 reason: "device must be a string".to_owned(),
             }),

@@ -1,15 +1,15 @@
-//! The crate's one error type: everything core can fail with, from a bad
-//! config file to an item that missed its deadline. The server maps each
-//! variant to an HTTP status in one place.
+//! Core's errors, one type per layer: a [`StartupError`] stops a server
+//! before it serves (a bad config file, a model entry, a device, a model
+//! that failed to load); an [`ItemError`] is one item's answer while it
+//! serves (overloaded, past its deadline, failed in the pipeline). The
+//! server maps each to an exit or an HTTP status in one place.
 
 use std::fmt;
+use std::time::Duration;
 
-/// A `Result` whose error is this crate's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Every failure `modalkit-core` reports.
+/// Why a server cannot start serving.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
+pub enum StartupError {
     /// The merged configuration is invalid; each problem names its field path.
     #[error("invalid configuration:\n{0}")]
     Config(ConfigProblems),
@@ -43,7 +43,18 @@ pub enum Error {
         /// The pipeline's error.
         message: String,
     },
+}
 
+impl StartupError {
+    /// A configuration error of a single problem.
+    pub fn config(problem: impl Into<String>) -> Self {
+        StartupError::Config(ConfigProblems(vec![problem.into()]))
+    }
+}
+
+/// Why one item got no output.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ItemError {
     /// The model's intake queue is full; the caller should retry later.
     #[error("model '{model}' is overloaded: {depth} items already queued")]
     Overloaded {
@@ -64,7 +75,10 @@ pub enum Error {
 
     /// The item's deadline passed before it was computed.
     #[error("deadline exceeded before the item was computed")]
-    DeadlineExceeded,
+    DeadlineExceeded {
+        /// The time the item was given, from its submission to its deadline.
+        budget: Duration,
+    },
 
     /// Preprocess or predict failed for this item (after the batch was split
     /// to isolate it), or the pipeline panicked.
@@ -99,12 +113,5 @@ impl fmt::Display for ConfigProblems {
             write!(f, "  - {problem}")?;
         }
         Ok(())
-    }
-}
-
-impl Error {
-    /// Builds a configuration error from a single problem.
-    pub fn config(problem: impl Into<String>) -> Self {
-        Error::Config(ConfigProblems(vec![problem.into()]))
     }
 }

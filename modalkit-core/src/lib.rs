@@ -19,6 +19,6 @@ pub mod wire;
 
 pub use batcher::{Batcher, BatcherConfig, ItemTiming, StageTimes, SubmitOptions, Ticket};
 pub use context::ModelContext;
-pub use error::{Error, Result};
+pub use error::{ConfigProblems, ItemError, StartupError};
 pub use pipeline::{ErrorKind, InferencePipeline, ItemResult, PipelineError};
 pub use settings::Settings;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use garde::Validate;
 use modalkit_core::batcher::BatcherState;
 use modalkit_core::{
-    Batcher, BatcherConfig, Error, InferencePipeline, ItemResult, ModelContext, PipelineError,
-    SubmitOptions,
+    Batcher, BatcherConfig, InferencePipeline, ItemError, ItemResult, ModelContext, PipelineError,
+    StartupError, SubmitOptions,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -383,7 +383,7 @@ async fn a_full_queue_refuses_at_once_and_admitted_items_still_succeed() {
     let queued: Vec<_> = (1..=4).map(|i| batcher.submit(job(i)).unwrap()).collect();
     let t0 = Instant::now();
     match batcher.submit(job(5)) {
-        Err(Error::Overloaded { depth, .. }) => assert_eq!(depth, 4),
+        Err(ItemError::Overloaded { depth, .. }) => assert_eq!(depth, 4),
         other => panic!("expected overload, got {:?}", other.map(|_| ())),
     }
     assert!(
@@ -416,7 +416,7 @@ async fn a_waiting_submit_gets_in_when_room_frees_and_gives_up_at_its_deadline()
     let queued = batcher.submit(slow(1)).unwrap();
     assert!(matches!(
         batcher.submit(job(2)),
-        Err(Error::Overloaded { .. })
+        Err(ItemError::Overloaded { .. })
     ));
     // Waits (no polling loop) until the worker takes item 1, then gets in.
     let t0 = Instant::now();
@@ -439,7 +439,7 @@ async fn a_waiting_submit_gets_in_when_room_frees_and_gives_up_at_its_deadline()
             },
         )
         .await;
-    assert!(matches!(refused, Err(Error::Overloaded { .. })));
+    assert!(matches!(refused, Err(ItemError::Overloaded { .. })));
     running.await.unwrap();
     assert_eq!(queued.await.unwrap().id, 1);
     assert_eq!(waited.await.unwrap().id, 2);
@@ -468,7 +468,7 @@ async fn an_item_its_owner_withdraws_at_start_is_never_computed() {
             },
         )
         .unwrap();
-    assert!(matches!(withdrawn.await, Err(Error::Cancelled)));
+    assert!(matches!(withdrawn.await, Err(ItemError::Cancelled)));
     assert_eq!(
         kept.await.unwrap().batch_size,
         1,
@@ -502,7 +502,14 @@ async fn expired_and_cancelled_items_never_reach_the_pipeline() {
     drop(cancelled); // the caller went away
     let kept = batcher.submit(job(4)).unwrap();
     busy.await.unwrap();
-    assert!(matches!(expiring.await, Err(Error::DeadlineExceeded)));
+    match expiring.await {
+        // The error carries the item's whole budget, from submit to deadline.
+        Err(ItemError::DeadlineExceeded { budget }) => assert!(
+            budget <= Duration::from_millis(50) && budget >= Duration::from_millis(45),
+            "{budget:?}"
+        ),
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
     kept.await.unwrap();
     let seen: Vec<u64> = batches(&log).iter().flat_map(|b| b.ids.clone()).collect();
     assert_eq!(seen, vec![1, 4], "only live items reach the pipeline");
@@ -529,7 +536,7 @@ async fn splitting_isolates_one_poison_item_in_a_batch_of_32() {
                 assert_eq!(done.id, i as u64);
                 ok += 1;
             }
-            Err(Error::Pipeline(message)) => {
+            Err(ItemError::Pipeline(message)) => {
                 assert_eq!(i, 21);
                 assert!(message.contains("poison item in batch"), "{message}");
             }
@@ -553,8 +560,8 @@ async fn a_per_item_failure_and_a_panic_fail_only_their_items() {
         })
         .unwrap();
     assert_eq!(a.await.unwrap().id, 12);
-    assert!(matches!(b.await, Err(Error::Item(m)) if m == "13 is unlucky"));
-    assert!(matches!(c.await, Err(Error::Pipeline(m)) if m.contains("panicked")));
+    assert!(matches!(b.await, Err(ItemError::Item(m)) if m == "13 is unlucky"));
+    assert!(matches!(c.await, Err(ItemError::Pipeline(m)) if m.contains("panicked")));
     assert_eq!(
         batcher.submit(job(15)).unwrap().await.unwrap().id,
         15,
@@ -576,10 +583,10 @@ async fn a_fatal_error_stops_intake_and_fails_the_queue() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(30)).await;
     let queued: Vec<_> = (2..6).map(|i| batcher.submit(job(i)).unwrap()).collect();
-    assert!(matches!(doomed.await, Err(Error::Unavailable { .. })));
+    assert!(matches!(doomed.await, Err(ItemError::Unavailable { .. })));
     for ticket in queued {
         match ticket.await {
-            Err(Error::Unavailable { reason, .. }) => {
+            Err(ItemError::Unavailable { reason, .. }) => {
                 assert!(reason.contains("CUDA error"), "{reason}")
             }
             other => panic!("queued item: {:?}", other.map(|d| d.id)),
@@ -591,7 +598,7 @@ async fn a_fatal_error_stops_intake_and_fails_the_queue() {
         .unwrap();
     assert!(matches!(
         batcher.submit(job(9)),
-        Err(Error::Unavailable { .. })
+        Err(ItemError::Unavailable { .. })
     ));
     assert!(
         batches(&log).is_empty(),
@@ -674,7 +681,7 @@ async fn close_drains_queued_work_then_refuses() {
     batcher.close();
     assert!(matches!(
         batcher.submit(job(99)),
-        Err(Error::Unavailable { .. })
+        Err(ItemError::Unavailable { .. })
     ));
     assert_eq!(batcher.state(), BatcherState::Draining);
     for (i, ticket) in tickets.into_iter().enumerate() {
@@ -691,7 +698,7 @@ fn a_failing_load_is_reported() {
         ModelContext::for_test("broken-model", serde_json::json!({}))
     });
     match result {
-        Err(Error::Load { model, message }) => {
+        Err(StartupError::Load { model, message }) => {
             assert_eq!(model, "broken-model");
             assert!(message.contains("weights missing"));
         }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use modalkit_core::Error;
+use modalkit_core::StartupError;
 use modalkit_core::settings::{ConfigSources, MountKind, Settings, app_name, redacted};
 use tempfile::TempDir;
 
@@ -17,7 +17,7 @@ fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn load(yaml: &str) -> Result<Settings, Error> {
+fn load(yaml: &str) -> Result<Settings, StartupError> {
     let dir = TempDir::new().unwrap();
     let file = write(&dir, "modalkit.yaml", yaml);
     Settings::load(&ConfigSources::files(vec![file]))

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 
 /// The expected key and the header that carries it.
 #[derive(Clone)]
-pub struct ApiKey {
+pub(crate) struct ApiKey {
     header: axum::http::HeaderName,
     key: Arc<[u8]>,
 }
@@ -29,7 +29,7 @@ impl std::fmt::Debug for ApiKey {
 
 impl ApiKey {
     /// A key checked in `header`; fails if the header name is invalid.
-    pub fn new(header: &str, key: &str) -> Result<Self, String> {
+    pub(crate) fn new(header: &str, key: &str) -> Result<Self, String> {
         let header = axum::http::HeaderName::from_bytes(header.as_bytes())
             .map_err(|_| format!("invalid auth header name '{header}'"))?;
         Ok(ApiKey {
@@ -47,7 +47,11 @@ impl ApiKey {
 }
 
 /// Middleware: lets the request through only with the right key.
-pub async fn require_api_key(State(key): State<ApiKey>, request: Request, next: Next) -> Response {
+pub(crate) async fn require_api_key(
+    State(key): State<ApiKey>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request.headers().get(&key.header).map(|v| v.as_bytes());
     if key.accepts(presented) {
         next.run(request).await

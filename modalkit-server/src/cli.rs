@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use modalkit_core::settings::{ConfigSources, Loaded, redacted};
-use modalkit_core::{InferencePipeline, Settings};
+use modalkit_core::{InferencePipeline, Settings, StartupError};
 
 use crate::features::{FeatureNeed, compiled_features, feature_names, needed_features};
 use crate::server::{Server, ServerOptions};
@@ -18,7 +18,7 @@ pub const EXIT_STARTUP_FAILED: u8 = 1;
 /// A modalkit-rs server.
 #[derive(Debug, Parser)]
 #[command(version, about = "A modalkit-compatible inference server")]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -35,7 +35,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Load the models and serve HTTP (the default).
     Serve,
     /// Validate the config and print it merged, as JSON, secrets redacted;
@@ -57,19 +57,9 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Loads settings from the sources this command line names, logging
-    /// their warnings.
-    pub fn settings(&self) -> Result<Settings, modalkit_core::Error> {
-        let loaded = self.settings_with_warnings()?;
-        for warning in &loaded.warnings {
-            tracing::warn!("config: {warning}");
-        }
-        Ok(loaded.settings)
-    }
-
     /// Loads settings and their warnings from the sources this command line
     /// names.
-    pub fn settings_with_warnings(&self) -> Result<Loaded, modalkit_core::Error> {
+    pub(crate) fn settings_with_warnings(&self) -> Result<Loaded, StartupError> {
         let mut loaded =
             Settings::load_with_warnings(&ConfigSources::from_process(self.config.as_deref()))?;
         let settings = &mut loaded.settings;

@@ -4,11 +4,15 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use modalkit_core::ItemError;
 use serde_json::{Value, json};
+
+use crate::async_jobs::JobError;
+use crate::async_jobs::store::StoreError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The body is not well-formed JSON (or is empty).
     #[error("{0}")]
     InvalidJson(String),
@@ -138,7 +142,7 @@ fn reason(error: &modalkit_queue::QueueError) -> String {
 
 impl ApiError {
     /// The HTTP status for this error.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
             InvalidJson(_)
@@ -164,7 +168,7 @@ impl ApiError {
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         use ApiError::*;
         match self {
             InvalidJson(_) => "invalid_json",
@@ -227,20 +231,48 @@ impl ApiError {
     }
 }
 
-impl From<modalkit_core::Error> for ApiError {
-    fn from(error: modalkit_core::Error) -> Self {
-        use modalkit_core::Error as E;
+impl From<ItemError> for ApiError {
+    fn from(error: ItemError) -> Self {
         match error {
-            E::Overloaded { .. } => ApiError::Overloaded(error.to_string()),
-            E::Unavailable { .. } => ApiError::Unavailable(error.to_string()),
-            E::DeadlineExceeded => ApiError::DeadlineExceeded(0.0),
-            E::Pipeline(message) => ApiError::Pipeline(message),
-            E::Item(message) => ApiError::Pipeline(message),
-            E::InvalidInput(message) => ApiError::InvalidInput(message),
-            E::Cancelled => ApiError::Unavailable(error.to_string()),
-            E::Config(_) | E::ModelEntry { .. } | E::Load { .. } | E::Device { .. } => {
-                ApiError::Internal(error.to_string())
+            ItemError::Overloaded { .. } => ApiError::Overloaded(error.to_string()),
+            ItemError::Unavailable { .. } | ItemError::Cancelled => {
+                ApiError::Unavailable(error.to_string())
             }
+            ItemError::DeadlineExceeded { budget } => {
+                ApiError::DeadlineExceeded(budget.as_secs_f64())
+            }
+            ItemError::Pipeline(message) | ItemError::Item(message) => ApiError::Pipeline(message),
+            ItemError::InvalidInput(message) => ApiError::InvalidInput(message),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::InvalidIdempotencyKey { .. } => {
+                ApiError::InvalidIdempotencyKey(error.to_string())
+            }
+            JobError::IdempotencyKeyReused { key, job_id } => {
+                ApiError::IdempotencyKeyReused { key, job_id }
+            }
+            JobError::UndeliverableQueue {
+                field,
+                queue,
+                source,
+            } => ApiError::UndeliverableQueue {
+                field,
+                queue,
+                source,
+            },
+            JobError::NotFound(job_id) => ApiError::JobNotFound(job_id),
+            JobError::Conflict { job_id, status } => ApiError::JobConflict { job_id, status },
+            JobError::Refused(error) => error.into(),
+            JobError::Store(StoreError::Full(_)) => ApiError::Overloaded(error.to_string()),
+            JobError::Store(StoreError::Unavailable(_)) | JobError::InputQueue(_) => {
+                ApiError::Unavailable(error.to_string())
+            }
+            JobError::Encode(_) | JobError::NoBatcher(_) => ApiError::Internal(error.to_string()),
         }
     }
 }

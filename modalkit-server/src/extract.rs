@@ -14,7 +14,7 @@ use crate::error::ApiError;
 /// A request body that must be JSON: checked content type, size limit, and
 /// syntax. The typed parsing happens in [`parse_value`] so errors can carry
 /// a path prefix.
-pub struct JsonBody(pub Bytes);
+pub(crate) struct JsonBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
@@ -59,7 +59,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 /// The body limit, put in request extensions by the router so the error can
 /// state it.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub(crate) struct BodyLimit(pub usize);
 
 /// Whether a `Content-Type` is JSON: `application/json` or
 /// `application/*+json`, any case, parameters ignored (compared in place:
@@ -82,12 +82,12 @@ fn is_json(content_type: &[u8]) -> bool {
 
 impl JsonBody {
     /// Parses the body as untyped JSON (syntax errors only).
-    pub fn value(&self) -> Result<Value, ApiError> {
+    pub(crate) fn value(&self) -> Result<Value, ApiError> {
         serde_json::from_slice(&self.0).map_err(|err| syntax_error(&err))
     }
 
     /// Parses the body straight into `T`.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         let mut deserializer = serde_json::Deserializer::from_slice(&self.0);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
             let path = err.path().to_string();
@@ -107,7 +107,7 @@ impl JsonBody {
 }
 
 /// Converts a JSON value into `T`, naming the failing field under `prefix`.
-pub fn parse_value<T: DeserializeOwned>(value: &Value, prefix: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_value<T: DeserializeOwned>(value: &Value, prefix: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = clean_path(&err.path().to_string(), prefix);
         let inner = err.into_inner();
@@ -119,7 +119,7 @@ pub fn parse_value<T: DeserializeOwned>(value: &Value, prefix: &str) -> Result<T
 }
 
 /// Runs garde validation, naming failing fields under `prefix`.
-pub fn validate<T: Validate>(value: &T, prefix: &str) -> Result<(), ApiError>
+pub(crate) fn validate<T: Validate>(value: &T, prefix: &str) -> Result<(), ApiError>
 where
     T::Context: Default,
 {
@@ -163,7 +163,10 @@ fn syntax_error(error: &serde_json::Error) -> ApiError {
 }
 
 /// `?model_name=...`, resolved against the served models.
-pub fn resolve_model<'a>(query: Option<&str>, models: &'a [String]) -> Result<&'a str, ApiError> {
+pub(crate) fn resolve_model<'a>(
+    query: Option<&str>,
+    models: &'a [String],
+) -> Result<&'a str, ApiError> {
     let mut requested = None;
     if let Some(query) = query {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -189,28 +192,15 @@ pub fn resolve_model<'a>(query: Option<&str>, models: &'a [String]) -> Result<&'
     }
 }
 
+/// A query value as forms encode it: `+` is a space, `%XX` a byte; the
+/// bytes must be UTF-8. (A `%` not followed by two hex digits stays as it
+/// is, as browsers and `form_urlencoded` read it.)
 fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 #[cfg(test)]
@@ -238,6 +228,15 @@ mod tests {
             resolve_model(Some("model_name=%ff"), &one),
             Err(ApiError::InvalidQuery(_))
         ));
+        assert_eq!(
+            resolve_model(Some("model_name=b+c"), &two).ok(),
+            Some("b c")
+        );
+        let plus = vec!["a+b".to_owned()];
+        assert_eq!(
+            resolve_model(Some("model_name=a%2Bb"), &plus).ok(),
+            Some("a+b")
+        );
     }
 
     #[test]

@@ -14,11 +14,12 @@
 //! | `queue_config.webhook_allowed_hosts` or `webhook_secret` | `webhooks` |
 
 use modalkit_core::Settings;
+use modalkit_core::settings::JobStoreKind;
 use serde::Serialize;
 
 /// One setting that needs a Cargo feature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FeatureNeed {
+pub(crate) struct FeatureNeed {
     /// The setting's dotted path, e.g. `app_settings.queue_config.backend`.
     pub field: &'static str,
     /// Its value, as the yaml gives it (secrets are not shown).
@@ -33,7 +34,7 @@ pub struct FeatureNeed {
 const SERVER_FEATURES: [&str; 4] = ["sqs", "dynamodb", "webhooks", "otel"];
 
 /// The features of [`SERVER_FEATURES`] this binary was built with.
-pub fn compiled_features() -> Vec<&'static str> {
+pub(crate) fn compiled_features() -> Vec<&'static str> {
     SERVER_FEATURES
         .into_iter()
         .filter(|feature| compiled(feature))
@@ -44,7 +45,7 @@ pub fn compiled_features() -> Vec<&'static str> {
 /// (one of [`SERVER_FEATURES`]); other names: false.
 // Each arm's value depends on the build, so no one `matches!` fits them all.
 #[allow(clippy::match_like_matches_macro)]
-pub fn compiled(feature: &str) -> bool {
+pub(crate) fn compiled(feature: &str) -> bool {
     match feature {
         "sqs" => cfg!(feature = "sqs"),
         "dynamodb" => cfg!(feature = "dynamodb"),
@@ -56,7 +57,7 @@ pub fn compiled(feature: &str) -> bool {
 
 /// The features `settings` need, one entry per setting that needs one, in
 /// the order of the table above.
-pub fn needed_features(settings: &Settings) -> Vec<FeatureNeed> {
+pub(crate) fn needed_features(settings: &Settings) -> Vec<FeatureNeed> {
     let app = &settings.app_settings;
     let queue = &app.queue_config;
     let mut needs = Vec::new();
@@ -79,7 +80,7 @@ pub fn needed_features(settings: &Settings) -> Vec<FeatureNeed> {
     {
         need("app_settings.auth_config.ssm_key", parameter, "sqs");
     }
-    if queue.job_store == "dynamodb" {
+    if queue.job_store == JobStoreKind::Dynamodb {
         need(
             "app_settings.queue_config.job_store",
             "dynamodb",
@@ -103,7 +104,7 @@ pub fn needed_features(settings: &Settings) -> Vec<FeatureNeed> {
 }
 
 /// The distinct features `settings` need, sorted.
-pub fn feature_names(needs: &[FeatureNeed]) -> Vec<&'static str> {
+pub(crate) fn feature_names(needs: &[FeatureNeed]) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = needs.iter().map(|need| need.feature).collect();
     names.sort_unstable();
     names.dedup();

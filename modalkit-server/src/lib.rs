@@ -5,30 +5,48 @@
 //! ```no_run
 //! # use modalkit_core::InferencePipeline;
 //! # fn demo<MyPipeline: InferencePipeline>() -> std::process::ExitCode {
-//! modalkit_server::cli::run::<MyPipeline>()
+//! modalkit_server::run::<MyPipeline>()
 //! # }
 //! ```
 //!
 //! which gives `serve`, `check` and `openapi` subcommands over
-//! `modalkit.yaml`. Embedders use [`Server`] directly.
+//! `modalkit.yaml`. Embedders build a [`Server`] directly. Everything else
+//! (handlers, jobs, auth, traces) is private: the public items are the ones
+//! a pipeline crate, a custom binary or a custom job store needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(unreachable_pub)]
 
-pub mod async_jobs;
-pub mod auth;
-pub mod cli;
-pub mod error;
-pub mod extract;
+mod async_jobs;
+mod auth;
+mod cli;
+mod error;
+mod extract;
 mod features;
 pub mod openai;
-pub mod openapi;
-pub mod request_scope;
-pub mod router;
-pub mod routes;
-pub mod server;
+mod openapi;
+mod request_scope;
+mod router;
+mod routes;
+mod server;
 #[cfg(feature = "sqs")]
-pub mod ssm;
-pub mod state;
-pub mod telemetry;
-pub mod traces;
+mod ssm;
+mod state;
+mod telemetry;
+mod traces;
 
-pub use error::ApiError;
+pub use cli::{EXIT_STARTUP_FAILED, run, run_with, run_with_routes};
 pub use server::{EXIT_DEVICE_FAILED, Server, ServerError, ServerOptions, Stopped};
+pub use state::AppState;
+
+/// Where async jobs are recorded: the [`JobStore`](job_store::JobStore)
+/// trait a store of your own implements (pass it in
+/// [`ServerOptions::job_store`]), the records it keeps, and the two stores
+/// that come with the server.
+pub mod job_store {
+    pub use crate::async_jobs::record::{JobEnd, JobRecord, JobStatus};
+    #[cfg(feature = "dynamodb")]
+    pub use crate::async_jobs::store::DynamoJobStore;
+    pub use crate::async_jobs::store::{
+        JobStore, KeyClaim, MemoryJobStore, StoreError, Transition,
+    };
+}

@@ -69,7 +69,7 @@ pub fn routes<P: EmbeddingModel>() -> Router<Arc<AppState<P>>> {
 }
 
 /// An error in OpenAI's shape.
-pub struct OpenAiError {
+pub(crate) struct OpenAiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
@@ -106,8 +106,8 @@ impl From<ApiError> for OpenAiError {
     }
 }
 
-impl From<modalkit_core::Error> for OpenAiError {
-    fn from(error: modalkit_core::Error) -> Self {
+impl From<modalkit_core::ItemError> for OpenAiError {
+    fn from(error: modalkit_core::ItemError) -> Self {
         ApiError::from(error).into()
     }
 }

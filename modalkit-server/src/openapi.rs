@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::async_jobs::record::JobRecord;
 
 /// Builds the document for a server of pipeline `P` serving `models`.
-pub fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
+pub(crate) fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
     let mut settings = SchemaSettings::draft2020_12();
     settings.definitions_path = "/components/schemas".into();
     let mut generator = settings.into_generator();

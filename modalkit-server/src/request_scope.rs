@@ -22,11 +22,11 @@ use tower::{Layer, Service};
 use tracing::Span;
 
 /// The request id header, read from requests and set on responses.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Gives each request its id and span; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RequestScopeLayer;
+pub(crate) struct RequestScopeLayer;
 
 impl<S> Layer<S> for RequestScopeLayer {
     type Service = RequestScope<S>;
@@ -38,7 +38,7 @@ impl<S> Layer<S> for RequestScopeLayer {
 
 /// The service of [`RequestScopeLayer`].
 #[derive(Debug, Clone)]
-pub struct RequestScope<S> {
+pub(crate) struct RequestScope<S> {
     inner: S,
 }
 

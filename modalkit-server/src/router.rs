@@ -26,7 +26,7 @@ use crate::traces::TraceRequestsLayer;
 
 /// Builds the router for a server's state; `extra` routes (e.g. the
 /// OpenAI ones) sit behind the API key with the predict routes.
-pub fn build<P: InferencePipeline>(
+pub(crate) fn build<P: InferencePipeline>(
     state: Arc<AppState<P>>,
     api_key: Option<ApiKey>,
     cors_origins: &[String],
@@ -37,7 +37,7 @@ pub fn build<P: InferencePipeline>(
 
 /// What [`build`] routes to, as a bare service: the server serves it
 /// directly, which spares a router's lookup and a boxed clone per request.
-pub fn service<P: InferencePipeline>(
+pub(crate) fn service<P: InferencePipeline>(
     state: Arc<AppState<P>>,
     api_key: Option<ApiKey>,
     cors_origins: &[String],

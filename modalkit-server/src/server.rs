@@ -12,7 +12,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use modalkit_core::batcher::BatcherState;
-use modalkit_core::{Batcher, BatcherConfig, InferencePipeline, ModelContext, Settings};
+use modalkit_core::settings::JobStoreKind;
+use modalkit_core::{
+    Batcher, BatcherConfig, InferencePipeline, ModelContext, Settings, StartupError,
+};
 use modalkit_queue::{BackendRegistry, DeadLetterFile, Delivery, QueueBackend, RetryPolicy};
 #[cfg(feature = "sqs")]
 use modalkit_queue::{SqsOptions, SqsQueue};
@@ -21,7 +24,7 @@ use tokio::sync::watch;
 
 #[cfg(feature = "sqs")]
 use crate::async_jobs::consumer::{ConsumerConfig, InputConsumer};
-use crate::async_jobs::store::{JobStore, MemoryJobStore};
+use crate::async_jobs::store::{JobStore, MemoryJobStore, StoreError};
 use crate::async_jobs::{AsyncJobs, JobIntake};
 use crate::auth::ApiKey;
 use crate::state::{AppState, Limits};
@@ -33,15 +36,42 @@ pub const EXIT_DEVICE_FAILED: u8 = 3;
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The configuration is invalid.
+    /// The settings, a model entry, a device or a model's load.
     #[error(transparent)]
-    Config(#[from] modalkit_core::Error),
-    /// The queue backend could not be built.
+    Startup(#[from] StartupError),
+    /// The queue backend, the webhook sender or the input queue could not
+    /// be set up.
     #[error(transparent)]
     Queue(#[from] modalkit_queue::QueueError),
-    /// Binding or serving failed.
-    #[error("{0}")]
-    Io(String),
+    /// The job store could not be reached or its table created.
+    #[error("job store (DynamoDB table {table}): {source}")]
+    JobStore {
+        /// The table.
+        table: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The API key could not be read from AWS SSM.
+    #[error("reading the API key from SSM parameter {parameter}: {reason}")]
+    ApiKeyFromSsm {
+        /// The parameter's name.
+        parameter: String,
+        /// Why, with the SDK's whole chain of causes.
+        reason: String,
+    },
+    /// `server_config.host:port` could not be bound.
+    #[error("cannot bind {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model's loading task panicked or was cancelled.
+    #[error("model loading task failed: {0}")]
+    LoadTask(#[source] tokio::task::JoinError),
 }
 
 /// How a server stopped.
@@ -96,7 +126,7 @@ impl InputConsumer {
 /// A setting that needs the `sqs` feature, in a build without it.
 #[cfg(not(feature = "sqs"))]
 fn not_compiled(field: &str, value: &str) -> ServerError {
-    modalkit_core::Error::config(format!(
+    StartupError::config(format!(
         "{field}: '{value}' needs SQS/SSM support, which this binary was built without: enable the `sqs` feature of the modalkit crate"
     ))
     .into()
@@ -217,14 +247,13 @@ impl<P: InferencePipeline> Server<P> {
         }
         let api_key = match key {
             Some(key) => Some(
-                ApiKey::new(&app.auth_config.auth_header, &key)
-                    .map_err(modalkit_core::Error::config)?,
+                ApiKey::new(&app.auth_config.auth_header, &key).map_err(StartupError::config)?,
             ),
             None => None,
         };
 
         if settings.model_settings.model_entries.is_empty() {
-            return Err(modalkit_core::Error::config(
+            return Err(StartupError::config(
                 "model_settings.model_entries: empty; add at least one model to serve (modalkit loads such a file, but there is nothing to serve)",
             )
             .into());
@@ -245,7 +274,7 @@ impl<P: InferencePipeline> Server<P> {
                 })
             })
             .await
-            .map_err(|err| ServerError::Io(format!("model loading task failed: {err}")))??;
+            .map_err(ServerError::LoadTask)??;
             tracing::info!(model = %name, workers = batcher.config().workers, elapsed = ?started.elapsed(), "model loaded");
             models.insert(name.clone(), Arc::new(batcher));
         }
@@ -264,14 +293,14 @@ impl<P: InferencePipeline> Server<P> {
                 let default_model = match &queue_config.input_model {
                     Some(model) if models.contains_key(model) => model.clone(),
                     Some(model) => {
-                        return Err(modalkit_core::Error::config(format!(
+                        return Err(StartupError::config(format!(
                             "app_settings.queue_config.input_model: '{model}' is not in model_settings.model_entries"
                         ))
                         .into());
                     }
                     None if model_names.len() == 1 => model_names[0].clone(),
                     None => {
-                        return Err(modalkit_core::Error::config(
+                        return Err(StartupError::config(
                             "app_settings.queue_config.input_model: required when several models are served",
                         )
                         .into());
@@ -396,7 +425,7 @@ impl<P: InferencePipeline> Server<P> {
         let address = format!("{}:{}", config.host, config.port);
         TcpListener::bind(&address)
             .await
-            .map_err(|err| ServerError::Io(format!("cannot bind {address}: {err}")))
+            .map_err(|source| ServerError::Bind { address, source })
     }
 
     /// Serves on `listener` until `shutdown` resolves, SIGTERM/SIGINT
@@ -614,13 +643,13 @@ async fn build_job_store(
     options: &ServerOptions,
 ) -> Result<Arc<dyn JobStore>, ServerError> {
     let app = &settings.app_settings;
-    if app.queue_config.job_store == "dynamodb" {
-        return dynamodb_job_store(settings, options).await;
+    match app.queue_config.job_store {
+        JobStoreKind::Dynamodb => dynamodb_job_store(settings, options).await,
+        JobStoreKind::Memory => Ok(Arc::new(MemoryJobStore::new(
+            app.server_config.max_jobs,
+            app.server_config.job_ttl_seconds as f64,
+        ))),
     }
-    Ok(Arc::new(MemoryJobStore::new(
-        app.server_config.max_jobs,
-        app.server_config.job_ttl_seconds as f64,
-    )))
 }
 
 /// The DynamoDB job store, its table created if missing.
@@ -643,7 +672,10 @@ async fn dynamodb_job_store(
         app.server_config.async_timeout_seconds + ttl,
     )
     .await
-    .map_err(|err| ServerError::Io(format!("job store (DynamoDB table {table}): {err}")))?;
+    .map_err(|source| ServerError::JobStore {
+        table: table.clone(),
+        source,
+    })?;
     tracing::info!(table = %table, "job records in DynamoDB");
     Ok(Arc::new(store))
 }
@@ -654,7 +686,7 @@ async fn dynamodb_job_store(
     _settings: &Settings,
     _options: &ServerOptions,
 ) -> Result<Arc<dyn JobStore>, ServerError> {
-    Err(modalkit_core::Error::config(
+    Err(StartupError::config(
         "app_settings.queue_config.job_store: 'dynamodb' needs the DynamoDB job store, which this binary was built without: enable the `dynamodb` feature of the modalkit crate",
     )
     .into())

@@ -7,7 +7,10 @@ use aws_sdk_ssm::error::DisplayErrorContext;
 use crate::server::ServerError;
 
 /// Reads parameter `name` with decryption.
-pub async fn api_key_from_ssm(config: &SdkConfig, name: &str) -> Result<String, ServerError> {
+pub(crate) async fn api_key_from_ssm(
+    config: &SdkConfig,
+    name: &str,
+) -> Result<String, ServerError> {
     let client = aws_sdk_ssm::Client::new(config);
     let output = client
         .get_parameter()
@@ -15,16 +18,17 @@ pub async fn api_key_from_ssm(config: &SdkConfig, name: &str) -> Result<String, 
         .with_decryption(true)
         .send()
         .await
-        .map_err(|err| {
-            ServerError::Io(format!(
-                "reading the API key from SSM parameter {name}: {}",
-                DisplayErrorContext(&err)
-            ))
+        .map_err(|err| ServerError::ApiKeyFromSsm {
+            parameter: name.to_owned(),
+            reason: DisplayErrorContext(&err).to_string(),
         })?;
     output
         .parameter()
         .and_then(|p| p.value())
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
-        .ok_or_else(|| ServerError::Io(format!("SSM parameter {name} has no value")))
+        .ok_or_else(|| ServerError::ApiKeyFromSsm {
+            parameter: name.to_owned(),
+            reason: "the parameter has no value".to_owned(),
+        })
 }

@@ -15,22 +15,20 @@ use crate::traces::Tracer;
 
 /// Request limits from `server_config`.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest body.
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Longest `/predict_batch` array.
-    pub max_batch_request_items: usize,
+    pub(crate) max_batch_request_items: usize,
     /// Sync deadline.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Async deadline.
-    pub async_timeout: Duration,
+    pub(crate) async_timeout: Duration,
 }
 
 /// Where a server is in its life, as `/ready` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Models loading (the port is not open yet, so rarely seen).
-    Loading,
+pub(crate) enum Phase {
     /// Models loaded; warm-up batches running.
     Warming,
     /// Taking work.
@@ -43,9 +41,8 @@ pub enum Phase {
 
 impl Phase {
     /// The phase's name in `/ready`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Phase::Loading => "loading",
             Phase::Warming => "warming",
             Phase::Ready => "ready",
             Phase::Draining => "draining",
@@ -56,37 +53,39 @@ impl Phase {
 
 /// How long start-up took, for `/ready`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct StartupTimes {
+pub(crate) struct StartupTimes {
     /// Loading every model, in seconds.
-    pub load_seconds: f64,
+    pub(crate) load_seconds: f64,
     /// Running the warm-up batches, in seconds, once done (until then the
     /// server is warming up).
-    pub warmup_seconds: Option<f64>,
+    pub(crate) warmup_seconds: Option<f64>,
 }
 
-/// Shared state of a running server.
+/// Shared state of a running server: what handlers, including routes added
+/// with [`Server::with_routes`](crate::Server::with_routes), get as
+/// `State<Arc<AppState<P>>>`. Its contents are the server's own.
 pub struct AppState<P: InferencePipeline> {
     /// One batcher per served model.
-    pub models: BTreeMap<String, Arc<Batcher<P>>>,
+    pub(crate) models: BTreeMap<String, Arc<Batcher<P>>>,
     /// Model names, for resolution and error messages.
-    pub model_names: Vec<String>,
+    pub(crate) model_names: Vec<String>,
     /// Async jobs: intake, records, delivery.
-    pub jobs: Arc<AsyncJobs<P>>,
+    pub(crate) jobs: Arc<AsyncJobs<P>>,
     /// Limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Request and job traces (off unless configured).
-    pub tracer: Tracer,
+    pub(crate) tracer: Tracer,
     /// Set when shutdown begins.
-    pub shutting_down: AtomicBool,
+    pub(crate) shutting_down: AtomicBool,
     /// Load and warm-up times; warmed up once `warmup_seconds` is set.
-    pub startup: std::sync::Mutex<StartupTimes>,
+    pub(crate) startup: std::sync::Mutex<StartupTimes>,
     /// The OpenAPI document, rendered once.
-    pub openapi: Bytes,
+    pub(crate) openapi: Bytes,
 }
 
 impl<P: InferencePipeline> AppState<P> {
     /// The batcher for a resolved model name.
-    pub fn batcher(&self, model: &str) -> Option<&Arc<Batcher<P>>> {
+    pub(crate) fn batcher(&self, model: &str) -> Option<&Arc<Batcher<P>>> {
         self.models.get(model)
     }
 
@@ -97,7 +96,7 @@ impl<P: InferencePipeline> AppState<P> {
     }
 
     /// The server's phase.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         if self
             .models
             .values()
@@ -119,12 +118,12 @@ impl<P: InferencePipeline> AppState<P> {
     }
 
     /// Load and warm-up times so far.
-    pub fn startup_times(&self) -> StartupTimes {
+    pub(crate) fn startup_times(&self) -> StartupTimes {
         *self.startup.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records the end of warm-up: from now on the server is ready.
-    pub fn warmed_up(&self, seconds: f64) {
+    pub(crate) fn warmed_up(&self, seconds: f64) {
         self.startup
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -26,7 +26,7 @@ const BATCH_BUCKETS: &[f64] = &[
 
 /// The process-wide Prometheus recorder (installed once; later servers in
 /// the same process share it).
-pub fn prometheus() -> &'static PrometheusHandle {
+pub(crate) fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
@@ -49,12 +49,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
 
 /// The variable that picks the log format: `json` for one JSON object per
 /// line, `text` (the default) for readable lines.
-pub const LOG_FORMAT_VARIABLE: &str = "MODALKIT_LOG_FORMAT";
+pub(crate) const LOG_FORMAT_VARIABLE: &str = "MODALKIT_LOG_FORMAT";
 
 /// Installs a `RUST_LOG`-filtered subscriber (default `info`), once, in the
 /// format [`LOG_FORMAT_VARIABLE`] names. Colour only when stdout is a
 /// terminal, so log files and collectors get no escape codes.
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     use std::io::IsTerminal;
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -83,7 +83,7 @@ pub fn init_tracing() {
 /// from labels each time (callgrind, no-op server: 61.2k -> 57.7k
 /// instructions per request).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RecordRequestsLayer;
+pub(crate) struct RecordRequestsLayer;
 
 impl<S> Layer<S> for RecordRequestsLayer {
     type Service = RecordRequests<S>;
@@ -95,7 +95,7 @@ impl<S> Layer<S> for RecordRequestsLayer {
 
 /// The service of [`RecordRequestsLayer`].
 #[derive(Debug, Clone)]
-pub struct RecordRequests<S> {
+pub(crate) struct RecordRequests<S> {
     inner: S,
 }
 

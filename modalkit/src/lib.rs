@@ -3,72 +3,115 @@
 //! Implement [`InferencePipeline`] for your model, write a `modalkit.yaml`,
 //! and call [`run`] from `main`: you get a server with dynamic batching,
 //! `/predict_sync`, `/predict_batch` and `/predict_async`, results delivered
-//! to queues, health, metrics and OpenAPI docs. This crate is the one
-//! dependency a pipeline crate needs: it re-exports the contract
-//! ([`modalkit_core`]), the server ([`server`]), the queues ([`queue`]) and the
-//! crates the derive macros expand to ([`serde`], [`schemars`], [`garde`]).
+//! to queues, health, metrics and OpenAPI docs.
 //!
-//! Features: `sqs` (SQS queues, durable async jobs through an SQS input
-//! queue, the API key from SSM), `dynamodb` (implies `sqs`: the job store
-//! shared by every container), `webhooks` (results POSTed to URLs, signed),
-//! `candle` (device selection, candle's CUDA errors as fatal, the BERT
-//! encoder: [`candle`]), `cuda` (`candle` built for NVIDIA GPUs), `otel`
-//! (OpenTelemetry traces over OTLP/HTTP), and `mimalloc` (default: the
-//! process allocates with mimalloc; glibc's malloc and free took a fifth of
-//! a no-op server's CPU time. Turn default features off to set your own
-//! `#[global_allocator]`). It pulls in neither candle nor the AWS SDK unless
-//! asked.
+//! ```no_run
+//! use modalkit::prelude::*;
 //!
-//! `cargo run -p modalkit -- new my-model` writes a new project (pipeline,
-//! `modalkit.yaml`, Dockerfile, Modal app); see [`scaffold`].
-
-pub mod scaffold;
-
-/// The process's allocator with the `mimalloc` feature (on by default).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! #[modalkit::input]
+//! struct Text {
+//!     #[garde(length(min = 1))]
+//!     text: String,
+//! }
+//!
+//! #[modalkit::output]
+//! struct Length {
+//!     chars: usize,
+//! }
+//!
+//! struct Counter;
+//!
+//! impl InferencePipeline for Counter {
+//!     type Input = Text;
+//!     type Preprocessed = Vec<usize>;
+//!     type Predicted = Vec<usize>;
+//!     type Output = Length;
+//!
+//!     fn load(_: &ModelContext) -> Result<Self, PipelineError> {
+//!         Ok(Counter)
+//!     }
+//!     fn preprocess(&self, inputs: &[Text]) -> Result<Vec<usize>, PipelineError> {
+//!         Ok(inputs.iter().map(|input| input.text.chars().count()).collect())
+//!     }
+//!     fn predict(&self, _: &[Text], counts: Vec<usize>) -> Result<Vec<usize>, PipelineError> {
+//!         Ok(counts)
+//!     }
+//!     fn postprocess(&self, _: &[Text], counts: Vec<usize>) -> Vec<ItemResult<Length>> {
+//!         counts.into_iter().map(|chars| Ok(Length { chars })).collect()
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     modalkit::run::<Counter>()
+//! }
+//! ```
+//!
+//! This crate is the one dependency a pipeline crate needs. Its public items
+//! are what a pipeline, a custom binary or a custom backend uses; the
+//! handlers, jobs and batcher behind them are private, so they can change
+//! without breaking you.
+//!
+//! Features (all off by default, so a pipeline crate pulls in neither candle
+//! nor the AWS SDK unless it asks):
+//! - `sqs`: SQS result queues, durable async jobs through an SQS input
+//!   queue, the API key from SSM;
+//! - `dynamodb` (implies `sqs`): the job store shared by every container;
+//! - `webhooks`: results POSTed to URLs, signed;
+//! - `candle`: device selection, candle's CUDA errors as fatal, the BERT
+//!   encoder ([`candle`]);
+//! - `cuda`: `candle` built for NVIDIA GPUs;
+//! - `otel`: OpenTelemetry traces over OTLP/HTTP.
+//!
+//! The allocator is the binary's choice: the examples and the project
+//! `modalkit new` writes set mimalloc as `#[global_allocator]`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use modalkit_core::{
-    Batcher, BatcherConfig, Error, ErrorKind, InferencePipeline, ItemResult, ModelContext,
-    PipelineError, Settings, SubmitOptions, Ticket,
+    ErrorKind, InferencePipeline, ItemResult, ModelContext, PipelineError, StartupError,
 };
-pub use modalkit_core::{batcher, context, device, fatal, pipeline, settings, wire};
+pub use modalkit_macros::{entry, input, output};
 pub use modalkit_server::{
-    ApiError, EXIT_DEVICE_FAILED, Server, ServerError, ServerOptions, Stopped,
+    AppState, EXIT_DEVICE_FAILED, EXIT_STARTUP_FAILED, Server, ServerError, ServerOptions, Stopped,
+    job_store, openai, run, run_with, run_with_routes,
 };
 
-/// The HTTP server: router, handlers, jobs, auth, OpenAPI, CLI.
-pub mod server {
-    pub use modalkit_server::*;
+/// Settings: `modalkit.yaml` and `MODALKIT_` variables, merged and checked,
+/// for a binary that builds its [`Server`] itself.
+pub mod settings {
+    pub use modalkit_core::settings::{
+        AppSettings, AuthConfig, BatchConfig, BuildConfig, CloudBucketMount, ConfigSources,
+        DeploymentConfig, JobStoreKind, ModelSettings, Mount, MountKind, QueueConfig, ServerConfig,
+        Settings,
+    };
+}
+pub use settings::Settings;
+
+/// The `device` setting of a model entry, for a pipeline that picks its own
+/// device (with `candle`, [`candle::resolve`] does it for candle).
+pub mod device {
+    pub use modalkit_core::device::DeviceRequest;
 }
 
-/// Result delivery: the `QueueBackend` trait, in-memory and SQS backends.
+/// Where async results go: the [`QueueBackend`](queue::QueueBackend) trait a
+/// backend of your own implements, the registry that selects backends by
+/// name, and the backends that come with the crate.
 pub mod queue {
-    pub use modalkit_queue::*;
+    pub use modalkit_queue::{BackendRegistry, InMemoryQueue, Labels, QueueBackend, QueueError};
+    #[cfg(feature = "sqs")]
+    pub use modalkit_queue::{SqsOptions, SqsQueue};
 }
 
 #[cfg(feature = "candle")]
 pub use modalkit_candle as candle;
 
-pub use modalkit_macros::{entry, input, output};
-
+#[doc(no_inline)]
 pub use garde;
+#[doc(no_inline)]
 pub use schemars;
+#[doc(no_inline)]
 pub use serde;
+#[doc(no_inline)]
 pub use serde_json;
-
-/// The command line of a server binary for pipeline `P`: `serve` (default),
-/// `check` and `openapi`, over `modalkit.yaml` and `MODALKIT_` variables.
-///
-/// ```no_run
-/// # fn demo<MyModel: modalkit::InferencePipeline>() -> std::process::ExitCode {
-/// modalkit::run::<MyModel>()
-/// # }
-/// ```
-pub fn run<P: InferencePipeline>() -> std::process::ExitCode {
-    modalkit_server::cli::run::<P>()
-}
 
 /// The contract in one `use modalkit::prelude::*;`.
 pub mod prelude {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use modalkit_core::settings::ConfigSources;
 use modalkit_core::{InferencePipeline, Settings};
 use modalkit_queue::{InMemoryQueue, QueueBackend};
-use modalkit_server::{Server, ServerOptions, Stopped};
+use modalkit_server::{AppState, Server, ServerOptions, Stopped};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -54,30 +54,59 @@ impl TestServer {
     /// Starts an echo server with these settings (port forced to 0);
     /// results go to [`TestServer::queue`].
     pub async fn start(settings: Settings) -> TestServer {
-        Self::start_with(settings, ServerOptions::default()).await
+        Self::builder(settings).start().await
     }
 
-    /// Starts an echo server with options; when they name no backend and the
-    /// config's is `memory`, results go to [`TestServer::queue`].
-    pub async fn start_with(settings: Settings, options: ServerOptions) -> TestServer {
-        Self::start_pipeline::<EchoPipeline>(settings, options).await
+    /// A server of the echo pipeline with these settings, to adjust before
+    /// [`TestServerBuilder::start`].
+    pub fn builder(settings: Settings) -> TestServerBuilder<EchoPipeline> {
+        TestServerBuilder {
+            settings,
+            options: ServerOptions::default(),
+            routes: axum::Router::new(),
+        }
+    }
+}
+
+/// What a [`TestServer`] is started with: settings, the pipeline, options
+/// and extra routes.
+pub struct TestServerBuilder<P: InferencePipeline> {
+    settings: Settings,
+    options: ServerOptions,
+    routes: axum::Router<Arc<AppState<P>>>,
+}
+
+impl<P: InferencePipeline> TestServerBuilder<P> {
+    /// Serves pipeline `Q` instead (extra routes set so far are dropped:
+    /// they were for the other pipeline).
+    pub fn pipeline<Q: InferencePipeline>(self) -> TestServerBuilder<Q> {
+        TestServerBuilder {
+            settings: self.settings,
+            options: self.options,
+            routes: axum::Router::new(),
+        }
     }
 
-    /// Starts a server of pipeline `P`.
-    pub async fn start_pipeline<P: InferencePipeline>(
-        settings: Settings,
-        options: ServerOptions,
-    ) -> TestServer {
-        Self::start_pipeline_with_routes::<P>(settings, options, axum::Router::new()).await
+    /// Server options; when they name no backend and the config's is
+    /// `memory`, results still go to [`TestServer::queue`].
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
     }
 
-    /// Starts a server of pipeline `P` with extra routes (e.g. the OpenAI
-    /// ones).
-    pub async fn start_pipeline_with_routes<P: InferencePipeline>(
-        mut settings: Settings,
-        mut options: ServerOptions,
-        routes: axum::Router<Arc<modalkit_server::state::AppState<P>>>,
-    ) -> TestServer {
+    /// Extra routes (e.g. the OpenAI ones).
+    pub fn routes(mut self, routes: axum::Router<Arc<AppState<P>>>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// Builds the server and serves it on 127.0.0.1 and a free port.
+    pub async fn start(self) -> TestServer {
+        let TestServerBuilder {
+            mut settings,
+            mut options,
+            routes,
+        } = self;
         settings.app_settings.server_config.host = "127.0.0.1".into();
         settings.app_settings.server_config.port = 0;
         let queue = Arc::new(InMemoryQueue::new(100_000));
@@ -107,7 +136,9 @@ impl TestServer {
             handle: Some(handle),
         }
     }
+}
 
+impl TestServer {
     /// The URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)

@@ -215,7 +215,10 @@ async fn durable_server(moto: &Moto, yaml: &str) -> TestServer {
         aws_config: Some(moto.aws_config()),
         ..Default::default()
     };
-    TestServer::start_with(settings_from_yaml(yaml), options).await
+    TestServer::builder(settings_from_yaml(yaml))
+        .options(options)
+        .start()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,11 +85,10 @@ async fn embeddings_match_sentence_transformers_through_sync_and_batch() {
         references.iter().any(|r| r.text.is_empty()),
         "the fixture covers the empty string"
     );
-    let server = TestServer::start_pipeline::<Embeddings>(
-        settings_from_yaml(&config("cpu")),
-        ServerOptions::default(),
-    )
-    .await;
+    let server = TestServer::builder(settings_from_yaml(&config("cpu")))
+        .pipeline::<Embeddings>()
+        .start()
+        .await;
     let http = client();
 
     for reference in &references {
@@ -163,11 +162,10 @@ async fn device_cuda_on_a_cpu_only_build_fails_start_up_clearly() {
         assert!(error.contains("without the `cuda` feature"), "{error}");
     }
     // `auto` falls back to the CPU.
-    let server = TestServer::start_pipeline::<Embeddings>(
-        settings_from_yaml(&config("auto")),
-        ServerOptions::default(),
-    )
-    .await;
+    let server = TestServer::builder(settings_from_yaml(&config("auto")))
+        .pipeline::<Embeddings>()
+        .start()
+        .await;
     let ready: Value = client()
         .get(server.url("/ready"))
         .send()
@@ -280,12 +278,11 @@ fn native_encoder_matches_candle_encoder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_gets_the_same_vectors_from_v1_embeddings() {
-    let server = TestServer::start_pipeline_with_routes::<Embeddings>(
-        settings_from_yaml(&config("cpu")),
-        ServerOptions::default(),
-        modalkit_server::openai::routes::<Embeddings>(),
-    )
-    .await;
+    let server = TestServer::builder(settings_from_yaml(&config("cpu")))
+        .pipeline::<Embeddings>()
+        .routes(modalkit::openai::routes::<Embeddings>())
+        .start()
+        .await;
     let http = client();
     let (_, sync) = post_json(
         &http,

@@ -945,7 +945,7 @@ async fn modalkits_default_backend_is_only_built_when_a_job_names_a_queue() {
         registry: Some(registry),
         ..Default::default()
     };
-    let server = TestServer::start_with(settings, options).await;
+    let server = TestServer::builder(settings).options(options).start().await;
     let http = client();
     let (status, body) = post_json(
         &http,

@@ -122,8 +122,10 @@ fn cases(doc: &Value, input: &Value, base: &Map<String, Value>, fixed: &[&str]) 
 }
 
 async fn check_agreement<P: InferencePipeline>(yaml: &str, base: Value, fixed: &[&str]) -> usize {
-    let server =
-        TestServer::start_pipeline::<P>(settings_from_yaml(yaml), Default::default()).await;
+    let server = TestServer::builder(settings_from_yaml(yaml))
+        .pipeline::<P>()
+        .start()
+        .await;
     let client = client();
     let doc = get_json(&client, &server.url("/openapi.json")).await;
     let input = &doc["paths"]["/predict_sync"]["post"]["requestBody"]["content"]["application/json"]

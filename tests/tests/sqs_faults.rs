@@ -52,7 +52,7 @@ async fn results_wait_out_an_sqs_outage_and_all_arrive() {
         aws_config: Some(moto.aws_config()),
         ..Default::default()
     };
-    let server = TestServer::start_with(settings, options).await;
+    let server = TestServer::builder(settings).options(options).start().await;
     let queue = unique_queue("after-outage");
     moto.stop();
     let accepted = submit_async(
@@ -88,7 +88,7 @@ async fn results_past_the_retry_budget_are_dead_lettered() {
         aws_config: Some(moto.aws_config()),
         ..Default::default()
     };
-    let server = TestServer::start_with(settings, options).await;
+    let server = TestServer::builder(settings).options(options).start().await;
     moto.stop();
     let queue = unique_queue("never");
     let http = client();

@@ -21,7 +21,7 @@ use metrics::{Gauge, Histogram};
 use tokio::sync::{oneshot, watch};
 
 use super::{BatcherConfig, BatcherState, ItemTiming};
-use crate::error::{Error, Result};
+use crate::error::ItemError;
 use crate::pipeline::InferencePipeline;
 
 /// How long a worker that just finished a batch spins for the next item
@@ -33,14 +33,14 @@ pub(super) struct Pending<P: InferencePipeline> {
     pub input: P::Input,
     pub arrived: Instant,
     pub deadline: Instant,
-    pub reply: oneshot::Sender<Result<P::Output>>,
+    pub reply: oneshot::Sender<Result<P::Output, ItemError>>,
     pub on_start: Option<Box<dyn FnOnce() -> bool + Send>>,
     pub timing: Option<Arc<OnceLock<ItemTiming>>>,
 }
 
 /// An item [`Shared::push`] did not take, handed back with the reason.
 pub(super) struct Refused<P: InferencePipeline> {
-    pub error: Error,
+    pub error: ItemError,
     pub pending: Pending<P>,
 }
 
@@ -189,7 +189,7 @@ impl<P: InferencePipeline> Shared<P> {
         } else if !queue.open {
             Some(self.unavailable("shutting down".to_owned()))
         } else if queue.items.len() >= self.config.max_queue_depth {
-            Some(Error::Overloaded {
+            Some(ItemError::Overloaded {
                 model: self.model.clone(),
                 depth: self.config.max_queue_depth,
             })
@@ -268,8 +268,8 @@ impl<P: InferencePipeline> Shared<P> {
         count
     }
 
-    pub fn unavailable(&self, reason: String) -> Error {
-        Error::Unavailable {
+    pub fn unavailable(&self, reason: String) -> ItemError {
+        ItemError::Unavailable {
             model: self.model.clone(),
             reason,
         }
@@ -409,7 +409,9 @@ impl<P: InferencePipeline> Shared<P> {
         } else {
             debug_assert!(item.deadline <= now);
             self.metrics.dropped_expired.increment(1);
-            let _ = item.reply.send(Err(Error::DeadlineExceeded));
+            let _ = item.reply.send(Err(ItemError::DeadlineExceeded {
+                budget: item.deadline.saturating_duration_since(item.arrived),
+            }));
         }
     }
 }

@@ -12,10 +12,10 @@ use tokio::sync::oneshot;
 use super::intake::{Next, Pending, Shared};
 use super::{ItemTiming, StageTimes};
 use crate::context::ModelContext;
-use crate::error::{Error, Result};
+use crate::error::{ItemError, StartupError};
 use crate::pipeline::{ErrorKind, InferencePipeline, ItemResult, PipelineError};
 
-type Reply<O> = oneshot::Sender<Result<O>>;
+type Reply<O> = oneshot::Sender<Result<O, ItemError>>;
 
 /// A batch's results, one per input, and when its stages ran.
 type StageOutput<O> = (Vec<ItemResult<O>>, StageTimes);
@@ -24,19 +24,19 @@ type StageOutput<O> = (Vec<ItemResult<O>>, StageTimes);
 pub(super) fn run<P: InferencePipeline>(
     shared: Arc<Shared<P>>,
     ctx: ModelContext,
-    loaded: mpsc::Sender<Result<String>>,
+    loaded: mpsc::Sender<Result<String, StartupError>>,
 ) {
     let pipeline = match catch_unwind(|| P::load(&ctx)) {
         Ok(Ok(pipeline)) => pipeline,
         Ok(Err(err)) => {
-            let _ = loaded.send(Err(Error::Load {
+            let _ = loaded.send(Err(StartupError::Load {
                 model: shared.model.clone(),
                 message: err.to_string(),
             }));
             return;
         }
         Err(panic) => {
-            let _ = loaded.send(Err(Error::Load {
+            let _ = loaded.send(Err(StartupError::Load {
                 model: shared.model.clone(),
                 message: format!("load panicked: {}", panic_message(&panic)),
             }));
@@ -94,7 +94,7 @@ struct Answer<O> {
 impl<O> Answer<O> {
     /// Records the item's timing (in `batch`, with these `stages`), then
     /// sends its result.
-    fn send(self, batch: &BatchInfo, stages: Option<StageTimes>, result: Result<O>) {
+    fn send(self, batch: &BatchInfo, stages: Option<StageTimes>, result: Result<O, ItemError>) {
         if let Some((timing, queue)) = self.timing {
             let _ = timing.set(ItemTiming {
                 queue,
@@ -130,7 +130,7 @@ fn compute_batch<P: InferencePipeline>(
             && !on_start()
         {
             // Withdrawn by its owner (a cancelled job): never computed.
-            let _ = pending.reply.send(Err(Error::Cancelled));
+            let _ = pending.reply.send(Err(ItemError::Cancelled));
             continue;
         }
         inputs.push(pending.input);
@@ -186,7 +186,7 @@ fn compute_range<P: InferencePipeline>(
             }
             for (answer, result) in answers.iter_mut().zip(results) {
                 if let Some(answer) = answer.take() {
-                    let result = result.map_err(|err| item_error(&err, Error::Item));
+                    let result = result.map_err(|err| item_error(&err, ItemError::Item));
                     answer.send(batch, Some(stages), result);
                 }
             }
@@ -195,7 +195,7 @@ fn compute_range<P: InferencePipeline>(
         Err(err) if err.is_fatal() => Err(err.to_string()),
         Err(err) if inputs.len() <= 1 => {
             if let Some(answer) = answers.first_mut().and_then(Option::take) {
-                answer.send(batch, None, Err(item_error(&err, Error::Pipeline)));
+                answer.send(batch, None, Err(item_error(&err, ItemError::Pipeline)));
             }
             Ok(())
         }
@@ -211,9 +211,9 @@ fn compute_range<P: InferencePipeline>(
 
 /// The error one item's caller gets: invalid input as such, anything else
 /// as `otherwise` (an item failure, or a whole-batch failure isolated to it).
-fn item_error(err: &PipelineError, otherwise: fn(String) -> Error) -> Error {
+fn item_error(err: &PipelineError, otherwise: fn(String) -> ItemError) -> ItemError {
     match err.kind() {
-        ErrorKind::InvalidInput => Error::InvalidInput(err.to_string()),
+        ErrorKind::InvalidInput => ItemError::InvalidInput(err.to_string()),
         _ => otherwise(err.to_string()),
     }
 }

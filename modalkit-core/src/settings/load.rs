@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::lax::Lax;
 use super::schema::Settings;
 use super::sources::{ConfigSources, KeyValue, dotenv_key_values, key_values};
-use crate::error::{ConfigProblems, Error, Result};
+use crate::error::{ConfigProblems, StartupError};
 
 /// Variable appended to `app_prefix` to name the app.
 pub const APP_POSTFIX_ENV: &str = "MODALKIT_APP_POSTFIX";
@@ -37,7 +37,7 @@ pub struct Loaded {
 impl Settings {
     /// Loads and validates settings (see [`Settings::load_with_warnings`]),
     /// logging the warnings.
-    pub fn load(sources: &ConfigSources) -> Result<Settings> {
+    pub fn load(sources: &ConfigSources) -> Result<Settings, StartupError> {
         let loaded = Self::load_with_warnings(sources)?;
         for warning in &loaded.warnings {
             tracing::warn!("config: {warning}");
@@ -47,7 +47,7 @@ impl Settings {
 
     /// Loads and validates settings: defaults, then each file, then `.env`,
     /// then environment variables (later wins), returning the warnings.
-    pub fn load_with_warnings(sources: &ConfigSources) -> Result<Loaded> {
+    pub fn load_with_warnings(sources: &ConfigSources) -> Result<Loaded, StartupError> {
         let mut merged = Merged::default();
         for section in ["app_settings", "model_settings"] {
             merged
@@ -56,25 +56,25 @@ impl Settings {
         }
         for file in &sources.files {
             if !file.is_file() {
-                return Err(Error::config(format!(
+                return Err(StartupError::config(format!(
                     "config file {} does not exist (named by --config or MODALKIT_CONFIG)",
                     file.display()
                 )));
             }
             let origin = format!("from file {}", file.display());
             let text = std::fs::read_to_string(file)
-                .map_err(|err| Error::config(format!("{}: {err}", file.display())))?;
+                .map_err(|err| StartupError::config(format!("{}: {err}", file.display())))?;
             match super::yaml::parse(&text) {
                 Ok(Value::Null) => {}
                 Ok(Value::Object(map)) => merged.merge(Vec::new(), Value::Object(map), &origin),
                 Ok(_) => {
-                    return Err(Error::config(format!(
+                    return Err(StartupError::config(format!(
                         "{}: expected a mapping at the top level",
                         file.display()
                     )));
                 }
                 Err(err) => {
-                    return Err(Error::config(format!(
+                    return Err(StartupError::config(format!(
                         "{}: invalid YAML: {err}",
                         file.display()
                     )));
@@ -82,7 +82,7 @@ impl Settings {
             }
         }
         if let Some(path) = &sources.dotenv {
-            let pairs = dotenv_key_values(path).map_err(Error::config)?;
+            let pairs = dotenv_key_values(path).map_err(StartupError::config)?;
             let origin = format!("from .env file {}", path.display());
             merged.merge_key_values(pairs, &origin);
         }
@@ -94,14 +94,14 @@ impl Settings {
             .map_err(|err| {
                 let path = err.path().to_string();
                 let message = err.into_inner().to_string();
-                Error::Config(ConfigProblems(vec![problem(
+                StartupError::Config(ConfigProblems(vec![problem(
                     &merged.origins,
                     &path,
                     &message,
                 )]))
             })?;
         settings.validate().map_err(|report| {
-            Error::Config(ConfigProblems(
+            StartupError::Config(ConfigProblems(
                 report
                     .iter()
                     .map(|(path, error)| {

@@ -190,6 +190,27 @@ pub struct Mount {
     pub kind: MountKind,
 }
 
+/// Where async job records live (`queue_config.job_store`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStoreKind {
+    /// In this process: jobs are visible to the container that took them.
+    #[default]
+    Memory,
+    /// One DynamoDB table shared by every container (`dynamodb` feature).
+    Dynamodb,
+}
+
+impl JobStoreKind {
+    /// The name the yaml uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStoreKind::Memory => "memory",
+            JobStoreKind::Dynamodb => "dynamodb",
+        }
+    }
+}
+
 /// Whether a mount is a file or a folder.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -350,9 +371,9 @@ pub struct QueueConfig {
     pub dead_letter_queue: Option<String>,
     /// Where async job records live: `memory` (this process) or `dynamodb`
     /// (one table shared by every container).
-    #[serde(default = "default_job_store")]
-    #[garde(pattern(r"^(memory|dynamodb)$"))]
-    pub job_store: String,
+    #[serde(default)]
+    #[garde(skip)]
+    pub job_store: JobStoreKind,
     /// The DynamoDB table of the `dynamodb` job store (created if missing).
     #[serde(default = "default_job_table")]
     #[garde(length(min = 3, max = 255))]
@@ -377,9 +398,6 @@ fn default_webhook_timeout_seconds() -> f64 {
     10.0
 }
 
-fn default_job_store() -> String {
-    "memory".to_owned()
-}
 fn default_job_table() -> String {
     "modalkit-jobs".to_owned()
 }
@@ -435,7 +453,7 @@ impl Default for QueueConfig {
             input_wait_seconds: default_input_wait_seconds(),
             input_max_in_flight: default_input_max_in_flight(),
             dead_letter_queue: None,
-            job_store: default_job_store(),
+            job_store: JobStoreKind::default(),
             job_table: default_job_table(),
             webhook_secret: None,
             webhook_allowed_hosts: Vec::new(),

@@ -16,7 +16,7 @@ const CANCELLED: u8 = 2;
 
 /// One held job.
 #[derive(Default)]
-pub struct Claim {
+pub(super) struct Claim {
     state: AtomicU8,
     /// Woken once when the job is cancelled.
     pub cancelled: Notify,
@@ -24,14 +24,14 @@ pub struct Claim {
 
 impl Claim {
     /// `queued -> started`; false if the job was cancelled first.
-    pub fn try_start(&self) -> bool {
+    pub(super) fn try_start(&self) -> bool {
         self.state
             .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
     /// `queued -> cancelled`; false if its batch started first.
-    pub fn try_cancel(&self) -> bool {
+    pub(super) fn try_cancel(&self) -> bool {
         let won = self
             .state
             .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
@@ -45,7 +45,7 @@ impl Claim {
 
 /// The claims of this process, by job id.
 #[derive(Default)]
-pub struct Claims {
+pub(super) struct Claims {
     held: Mutex<HashMap<Uuid, Arc<Claim>>>,
 }
 
@@ -55,19 +55,19 @@ impl Claims {
     }
 
     /// Holds a new job.
-    pub fn hold(&self, id: Uuid) -> Arc<Claim> {
+    pub(super) fn hold(&self, id: Uuid) -> Arc<Claim> {
         let claim = Arc::new(Claim::default());
         self.lock().insert(id, Arc::clone(&claim));
         claim
     }
 
     /// The claim on `id`, if this process holds it.
-    pub fn get(&self, id: Uuid) -> Option<Arc<Claim>> {
+    pub(super) fn get(&self, id: Uuid) -> Option<Arc<Claim>> {
         self.lock().get(&id).cloned()
     }
 
     /// Lets go of a job that ended.
-    pub fn release(&self, id: Uuid) {
+    pub(super) fn release(&self, id: Uuid) {
         self.lock().remove(&id);
     }
 }

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modalkit_core::wire::{AsyncInput, Meta};
-use modalkit_core::{Error, InferencePipeline};
+use modalkit_core::{InferencePipeline, ItemError};
 use modalkit_queue::{
-    JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, ReceivedMessage, SqsQueue, TRACEPARENT_ATTRIBUTE,
+    Backoff, JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, ReceivedMessage, SqsQueue, TRACEPARENT_ATTRIBUTE,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -29,9 +29,15 @@ use uuid::Uuid;
 use super::outcome::{JobTrace, deliver_outcome};
 use super::{AsyncJobs, ConsumedJob, Disposition, parse_message};
 
+/// The wait after a failed receive (SQS away): up to 200 ms after the first,
+/// doubling to 6.4 s, so a queue that comes back is polled again within
+/// seconds while an outage costs few calls.
+const RECEIVE_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_millis(6_400));
+
 /// How the consumer polls.
 #[derive(Debug, Clone)]
-pub struct ConsumerConfig {
+pub(crate) struct ConsumerConfig {
     /// The input queue's name (for logs and dead-letter records).
     pub queue_name: String,
     /// Messages per receive call (1..=10).
@@ -47,7 +53,7 @@ pub struct ConsumerConfig {
 }
 
 /// A running consumer.
-pub struct InputConsumer {
+pub(crate) struct InputConsumer {
     stop: CancellationToken,
     tracker: TaskTracker,
 }
@@ -62,7 +68,7 @@ struct Context<P: InferencePipeline> {
 
 impl InputConsumer {
     /// Resolves (or creates) the input queue and starts polling it.
-    pub async fn start<P: InferencePipeline>(
+    pub(crate) async fn start<P: InferencePipeline>(
         sqs: Arc<SqsQueue>,
         jobs: Arc<AsyncJobs<P>>,
         config: ConsumerConfig,
@@ -83,12 +89,12 @@ impl InputConsumer {
     }
 
     /// Stops receiving new messages; messages in progress go on.
-    pub fn stop_polling(&self) {
+    pub(crate) fn stop_polling(&self) {
         self.stop.cancel();
     }
 
     /// Waits until polling stopped and every message in progress ended.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         self.tracker.close();
         self.tracker.wait().await;
     }
@@ -117,8 +123,8 @@ async fn poll<P: InferencePipeline>(context: Arc<Context<P>>, tracker: TaskTrack
                 messages
             }
             Err(err) => {
-                failures = (failures + 1).min(6);
-                let pause = Duration::from_millis(100 << failures);
+                failures = failures.saturating_add(1);
+                let pause = RECEIVE_BACKOFF.delay(failures);
                 tracing::warn!(%err, ?pause, "receiving from the input queue failed");
                 tokio::select! { () = tokio::time::sleep(pause) => continue, () = context.stop.cancelled() => break }
             }
@@ -254,7 +260,7 @@ async fn reject_malformed<P: InferencePipeline>(
             context.jobs.delivery(),
             &trace,
             envelope,
-            Err(Error::Item(problem.to_owned())),
+            Err(ItemError::Item(problem.to_owned())),
         )
         .await;
         span.end();

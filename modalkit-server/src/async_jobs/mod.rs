@@ -24,17 +24,18 @@
 
 mod claims;
 #[cfg(feature = "sqs")]
-pub mod consumer;
-pub mod outcome;
-pub mod record;
-pub mod store;
+pub(crate) mod consumer;
+mod error;
+pub(crate) mod outcome;
+pub(crate) mod record;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modalkit_core::wire::AsyncInput;
-use modalkit_core::{Batcher, Error, InferencePipeline, SubmitOptions, Ticket};
+use modalkit_core::{Batcher, InferencePipeline, ItemError, SubmitOptions, Ticket};
 use modalkit_queue::Delivery;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -45,12 +46,13 @@ use crate::error::ApiError;
 use crate::extract::{parse_value, validate};
 use crate::traces::{SpanKind, TimingCell, TraceSpan, Tracer};
 use claims::{Claim, Claims};
+pub(crate) use error::JobError;
 use outcome::{JobTrace, deliver_outcome};
 use record::{JobEnd, JobRecord, JobStatus};
 use store::{JobStore, KeyClaim, StoreError, Transition};
 
 /// Where accepted jobs wait.
-pub enum JobIntake {
+pub(crate) enum JobIntake {
     /// In this process's batcher queue.
     Embedded,
     /// In an SQS input queue read by every container's consumer.
@@ -64,7 +66,7 @@ pub enum JobIntake {
 }
 
 /// A client's idempotency key and the fingerprint of its request.
-pub struct IdempotencyKey {
+pub(crate) struct IdempotencyKey {
     /// The `Idempotency-Key` header's value.
     pub key: String,
     /// Hash of the model and the request body.
@@ -73,21 +75,19 @@ pub struct IdempotencyKey {
 
 impl IdempotencyKey {
     /// The longest key accepted.
-    pub const MAX_LEN: usize = 255;
+    pub(crate) const MAX_LEN: usize = 255;
 
     /// A key for a request to `model` with this (parsed) body; 400 when the
     /// key is empty, too long or not visible ASCII. The fingerprint does not
     /// depend on the order of the body's keys.
-    pub fn new(key: &str, model: &str, body: &AsyncInput<Value>) -> Result<Self, ApiError> {
+    pub(crate) fn new(key: &str, model: &str, body: &AsyncInput<Value>) -> Result<Self, JobError> {
         if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err(ApiError::InvalidIdempotencyKey(format!(
-                "Idempotency-Key must be 1 to {} visible ASCII characters",
-                Self::MAX_LEN
-            )));
+            return Err(JobError::InvalidIdempotencyKey {
+                max_len: Self::MAX_LEN,
+            });
         }
-        let body = serde_json::to_value(body)
-            .map_err(|err| ApiError::Internal(format!("cannot fingerprint the request: {err}")))?;
+        let body = serde_json::to_value(body).map_err(JobError::Encode)?;
         let mut hash = Sha256::new();
         hash.update(model.as_bytes());
         hash.update([0]);
@@ -130,7 +130,7 @@ fn hash_canonical(hash: &mut Sha256, value: &Value) {
 
 /// Parses and validates an async message for pipeline `P`, naming fields
 /// under `message`. Both doors use it.
-pub fn parse_message<P: InferencePipeline>(message: &Value) -> Result<P::Input, ApiError> {
+pub(crate) fn parse_message<P: InferencePipeline>(message: &Value) -> Result<P::Input, ApiError> {
     let input: P::Input = parse_value(message, "message")?;
     validate(&input, "message")?;
     Ok(input)
@@ -138,7 +138,7 @@ pub fn parse_message<P: InferencePipeline>(message: &Value) -> Result<P::Input, 
 
 /// What the SQS consumer should do with a message it handed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     /// The job ended (or had ended): delete the message.
     Delete,
     /// It could not run here now: make the message visible again.
@@ -151,7 +151,7 @@ pub enum Disposition {
 }
 
 /// The async jobs of a server. See the module docs.
-pub struct AsyncJobs<P: InferencePipeline> {
+pub(crate) struct AsyncJobs<P: InferencePipeline> {
     store: Arc<dyn JobStore>,
     delivery: Arc<Delivery>,
     batchers: BTreeMap<String, Arc<Batcher<P>>>,
@@ -167,7 +167,7 @@ pub struct AsyncJobs<P: InferencePipeline> {
 }
 
 /// A message the SQS consumer hands in (see [`AsyncJobs::run_consumed`]).
-pub struct ConsumedJob<I> {
+pub(crate) struct ConsumedJob<I> {
     /// Its job id.
     pub id: Uuid,
     /// The model it names (or the consumer's default).
@@ -186,7 +186,7 @@ pub struct ConsumedJob<I> {
 impl<P: InferencePipeline> AsyncJobs<P> {
     /// Async jobs over these batchers, recorded in `store`, delivered by
     /// `delivery`, waiting where `intake` says.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn JobStore>,
         delivery: Arc<Delivery>,
         batchers: BTreeMap<String, Arc<Batcher<P>>>,
@@ -210,7 +210,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
 
     /// Traces each job (a `job` span with its stages and delivery) with
     /// `tracer`.
-    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+    pub(crate) fn with_tracer(mut self, tracer: Tracer) -> Self {
         self.tracer = tracer;
         self
     }
@@ -223,24 +223,14 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         span
     }
 
-    /// The job store.
-    pub fn store(&self) -> &Arc<dyn JobStore> {
-        &self.store
-    }
-
     /// Result delivery.
-    pub fn delivery(&self) -> &Arc<Delivery> {
+    pub(crate) fn delivery(&self) -> &Arc<Delivery> {
         &self.delivery
     }
 
     /// Embedded jobs in flight in this process (awaited on shutdown).
-    pub fn tasks(&self) -> &TaskTracker {
+    pub(crate) fn tasks(&self) -> &TaskTracker {
         &self.tasks
-    }
-
-    /// Whether accepted jobs go to an SQS input queue.
-    pub fn is_durable(&self) -> bool {
-        !matches!(self.intake, JobIntake::Embedded)
     }
 
     /// Accepts a validated job for `model` and returns its id. A queue this
@@ -249,14 +239,14 @@ impl<P: InferencePipeline> AsyncJobs<P> {
     /// already used for the same request, returns that job's id and accepts
     /// nothing new; with another request, 422. The job's trace continues
     /// `traceparent` (the accepting request's).
-    pub async fn accept(
+    pub(crate) async fn accept(
         &self,
         model: &str,
         envelope: AsyncInput<Value>,
         input: P::Input,
         idempotency: Option<IdempotencyKey>,
         traceparent: Option<String>,
-    ) -> Result<Uuid, ApiError> {
+    ) -> Result<Uuid, JobError> {
         check_destinations(&self.delivery, &envelope)?;
         let id = Uuid::new_v4();
         if let Some(key) = &idempotency {
@@ -264,7 +254,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
                 KeyClaim::New => {}
                 KeyClaim::Existing(job) => return Ok(job),
                 KeyClaim::Conflict(job) => {
-                    return Err(ApiError::IdempotencyKeyReused {
+                    return Err(JobError::IdempotencyKeyReused {
                         key: key.key.clone(),
                         job_id: job.to_string(),
                     });
@@ -289,11 +279,11 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         envelope: AsyncInput<Value>,
         input: P::Input,
         traceparent: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), JobError> {
         let batcher = self
             .batchers
             .get(model)
-            .ok_or_else(|| ApiError::Internal(format!("no batcher for model '{model}'")))?;
+            .ok_or_else(|| JobError::NoBatcher(model.to_owned()))?;
         self.store
             .create(JobRecord::queued(id, model, self.record_ttl_seconds))
             .await?;
@@ -329,7 +319,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         envelope: AsyncInput<Value>,
         input: P::Input,
         span: TraceSpan,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), JobError> {
         let claim = self.claims.hold(id);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let on_start = {
@@ -373,26 +363,26 @@ impl<P: InferencePipeline> AsyncJobs<P> {
     }
 
     /// A job's record, `None` if unknown or expired.
-    pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, ApiError> {
+    pub(crate) async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, JobError> {
         Ok(self.store.get(id).await?)
     }
 
     /// Cancels a queued job; 409 with its state if it is running or ended.
-    pub async fn cancel(&self, id: Uuid) -> Result<JobRecord, ApiError> {
+    pub(crate) async fn cancel(&self, id: Uuid) -> Result<JobRecord, JobError> {
         let held_here = self.claims.get(id);
         if let Some(claim) = &held_here
             && !claim.try_cancel()
         {
-            return Err(ApiError::JobConflict {
+            return Err(JobError::Conflict {
                 job_id: id.to_string(),
                 status: JobStatus::Running.as_str(),
             });
         }
         match self.store.cancel(id).await? {
             Transition::Done => {}
-            Transition::Missing => return Err(ApiError::JobNotFound(id.to_string())),
+            Transition::Missing => return Err(JobError::NotFound(id.to_string())),
             Transition::Refused(status) => {
-                return Err(ApiError::JobConflict {
+                return Err(JobError::Conflict {
                     job_id: id.to_string(),
                     status: status.as_str(),
                 });
@@ -402,13 +392,13 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         self.store
             .get(id)
             .await?
-            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))
+            .ok_or_else(|| JobError::NotFound(id.to_string()))
     }
 
     /// Runs a job that came through the input queue: skips it if it was
     /// cancelled (delivering its cancellation) or already ended, else runs
     /// it, delivers its result and records its end, all in its `job` span.
-    pub async fn run_consumed(&self, job: ConsumedJob<P::Input>) -> Disposition {
+    pub(crate) async fn run_consumed(&self, job: ConsumedJob<P::Input>) -> Disposition {
         let span = self.job_span(job.id, &job.model, job.traceparent.as_deref());
         let disposition = self.run_consumed_in(job, &span).await;
         span.end();
@@ -449,7 +439,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
                     &self.delivery,
                     &trace,
                     envelope,
-                    Err(Error::Item(problem)),
+                    Err(ItemError::Item(problem)),
                 )
                 .await;
                 return self.record_end(id, end).await;
@@ -466,7 +456,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
                     &self.delivery,
                     &trace,
                     envelope,
-                    Err(Error::Cancelled),
+                    Err(ItemError::Cancelled),
                 )
                 .await;
                 return Disposition::Delete;
@@ -485,7 +475,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
                 &self.delivery,
                 &trace,
                 envelope,
-                Err(Error::Item(format!("unknown model '{model}'"))),
+                Err(ItemError::Item(format!("unknown model '{model}'"))),
             )
             .await;
             return self.record_end(id, end).await;
@@ -503,7 +493,7 @@ impl<P: InferencePipeline> AsyncJobs<P> {
         if let Some(timing) = timing.as_ref().and_then(|cell| cell.get()) {
             span.record_item(timing, None);
         }
-        if let Err(err @ (Error::Unavailable { .. } | Error::Overloaded { .. })) = &result {
+        if let Err(err @ (ItemError::Unavailable { .. } | ItemError::Overloaded { .. })) = &result {
             tracing::warn!(job_id = %id, %err, "could not run the job here; releasing its message");
             span.set_error(&format!("released: {err}"));
             return Disposition::Release;
@@ -576,7 +566,7 @@ impl HeldJob {
                         tracing::warn!(%err, job_id, "could not record that the job started");
                     }
                 }
-                () = claim.cancelled.notified() => break Err(Error::Cancelled),
+                () = claim.cancelled.notified() => break Err(ItemError::Cancelled),
                 result = &mut ticket => break result,
             }
         };
@@ -586,7 +576,7 @@ impl HeldJob {
         if let Some(timing) = timing.as_ref().and_then(|cell| cell.get()) {
             span.record_item(timing, None);
         }
-        let cancelled = matches!(result, Err(Error::Cancelled));
+        let cancelled = matches!(result, Err(ItemError::Cancelled));
         let trace = JobTrace {
             id: &job_id,
             span: &span,
@@ -615,9 +605,8 @@ async fn send_to_input_queue(
     sqs: &modalkit_queue::SqsQueue,
     queue: &str,
     message: &InputMessage<'_>,
-) -> Result<(), ApiError> {
-    let body = serde_json::to_string(message.envelope)
-        .map_err(|err| ApiError::Internal(format!("cannot encode the job: {err}")))?;
+) -> Result<(), JobError> {
+    let body = serde_json::to_string(message.envelope).map_err(JobError::Encode)?;
     let job_id = message.id.to_string();
     let mut attributes = vec![
         (modalkit_queue::JOB_ID_ATTRIBUTE, job_id.as_str()),
@@ -634,36 +623,27 @@ async fn send_to_input_queue(
         group_id: Some(&job_id),
         attributes: &attributes,
     };
-    sqs.send_outgoing(queue, outgoing).await.map_err(|err| {
-        ApiError::Unavailable(format!("the input queue did not take the job: {err}"))
-    })
+    sqs.send_outgoing(queue, outgoing)
+        .await
+        .map_err(JobError::InputQueue)
 }
 
 /// Refuses a job whose success or failure queue this server cannot deliver
 /// to, before anything is recorded: its result could only be dead-lettered.
-fn check_destinations(delivery: &Delivery, envelope: &AsyncInput<Value>) -> Result<(), ApiError> {
+fn check_destinations(delivery: &Delivery, envelope: &AsyncInput<Value>) -> Result<(), JobError> {
     for (field, queue) in [
         ("success_queue", &envelope.success_queue),
         ("failure_queue", &envelope.failure_queue),
     ] {
         delivery
             .check_destination(queue)
-            .map_err(|source| ApiError::UndeliverableQueue {
+            .map_err(|source| JobError::UndeliverableQueue {
                 field,
                 queue: queue.clone(),
                 source,
             })?;
     }
     Ok(())
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Full(_) => ApiError::Overloaded(error.to_string()),
-            StoreError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //! id and the `traceparent` of its `delivery` span. Returns what the job
 //! store records.
 
-use modalkit_core::Error;
+use modalkit_core::ItemError;
 use modalkit_core::wire::{AsyncInput, DelayedFailure, ItemFailureMessage, SuccessMessage};
-use modalkit_queue::{Delivery, JobLabels, Outcome};
+use modalkit_queue::{Delivery, Labels, Outcome};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -21,11 +21,11 @@ use crate::traces::{SpanKind, TraceSpan};
 /// `error`, `meta`); a job that failed as a whole (its batch raised, its
 /// deadline passed, it was cancelled) sends a [`DelayedFailure`] holding the
 /// whole request.
-pub async fn deliver_outcome<O: Serialize>(
+pub(crate) async fn deliver_outcome<O: Serialize>(
     delivery: &Delivery,
     job: &JobTrace<'_>,
     envelope: AsyncInput<Value>,
-    result: Result<O, Error>,
+    result: Result<O, ItemError>,
 ) -> JobEnd {
     let (queue, text, end) = message_for(envelope, result);
     if let JobEnd::Failed(error) = &end {
@@ -35,11 +35,8 @@ pub async fn deliver_outcome<O: Serialize>(
         let span = job.span.child("delivery", SpanKind::Producer);
         span.set_str("messaging.destination.name", &queue);
         let traceparent = span.traceparent();
-        let labels = JobLabels {
-            job_id: job.id,
-            traceparent: traceparent.as_deref(),
-        };
-        let outcome = delivery.deliver_job_result(&queue, &text, &labels).await;
+        let labels = Labels::job(job.id, traceparent.as_deref());
+        let outcome = delivery.deliver(&queue, &text, &labels).await;
         if outcome != Outcome::Delivered {
             span.set_error("undeliverable: dead-lettered");
         }
@@ -49,7 +46,7 @@ pub async fn deliver_outcome<O: Serialize>(
 }
 
 /// A job's id and its span (the parent of its `delivery` span).
-pub struct JobTrace<'a> {
+pub(crate) struct JobTrace<'a> {
     /// The job's id.
     pub id: &'a str,
     /// The job's span.
@@ -59,11 +56,11 @@ pub struct JobTrace<'a> {
 /// The queue a result goes to, its bytes, and how the job ended.
 fn message_for<O: Serialize>(
     envelope: AsyncInput<Value>,
-    result: Result<O, Error>,
+    result: Result<O, ItemError>,
 ) -> (String, String, JobEnd) {
     let success = result.and_then(|output| {
         serde_json::to_string(&SuccessMessage::new(&output, &envelope.meta))
-            .map_err(|err| Error::Pipeline(format!("output could not be serialized: {err}")))
+            .map_err(|err| ItemError::Pipeline(format!("output could not be serialized: {err}")))
     });
     match success {
         Ok(text) => {
@@ -71,7 +68,7 @@ fn message_for<O: Serialize>(
             (envelope.success_queue, text, JobEnd::succeeded(recorded))
         }
         // The pipeline failed this item alone: its error output.
-        Err(Error::Item(error) | Error::InvalidInput(error)) => {
+        Err(ItemError::Item(error) | ItemError::InvalidInput(error)) => {
             let text = serde_json::to_string(&ItemFailureMessage::new(&error, &envelope.meta))
                 .unwrap_or_default();
             (envelope.failure_queue, text, JobEnd::Failed(error))
@@ -79,8 +76,10 @@ fn message_for<O: Serialize>(
         // The job failed as a whole.
         Err(other) => {
             let error = match other {
-                Error::Pipeline(message) => format!("Internal Server Error. Error log: {message}"),
-                Error::Cancelled => CANCELLED_ERROR.to_owned(),
+                ItemError::Pipeline(message) => {
+                    format!("Internal Server Error. Error log: {message}")
+                }
+                ItemError::Cancelled => CANCELLED_ERROR.to_owned(),
                 other => other.to_string(),
             };
             let queue = envelope.failure_queue.clone();

@@ -11,7 +11,7 @@ use uuid::Uuid;
 /// The largest output (as JSON text) a job record keeps. A bigger output is
 /// still delivered to the success queue; the record then carries a note
 /// instead. 256 KiB also fits under DynamoDB's 400 KB item limit.
-pub const MAX_RECORDED_OUTPUT_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_RECORDED_OUTPUT_BYTES: usize = 256 * 1024;
 
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -73,8 +73,9 @@ pub enum JobEnd {
 }
 
 impl JobEnd {
-    /// The end for an output, leaving out one over
-    /// [`MAX_RECORDED_OUTPUT_BYTES`].
+    /// The end for an output, leaving out one over 256 KiB of JSON (it is
+    /// still delivered; a record keeps a note instead, and fits under
+    /// DynamoDB's 400 KB item limit).
     pub fn succeeded(output: Value) -> Self {
         let size = serde_json::to_string(&output).map_or(usize::MAX, |text| text.len());
         JobEnd::Succeeded((size <= MAX_RECORDED_OUTPUT_BYTES).then_some(output))
@@ -150,15 +151,15 @@ impl JobRecord {
 }
 
 /// The note a record carries instead of an output too large to keep.
-pub fn too_large_note() -> &'static str {
+pub(crate) fn too_large_note() -> &'static str {
     "the output exceeded the job record's size limit (256 KiB); it was delivered to the success queue only"
 }
 
 /// The error a cancelled job records and its failure queue receives.
-pub const CANCELLED_ERROR: &str = "the job was cancelled before it was computed";
+pub(crate) const CANCELLED_ERROR: &str = "the job was cancelled before it was computed";
 
 /// Seconds since the Unix epoch, now.
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -12,7 +12,7 @@ use modalkit_core::InferencePipeline;
 use crate::state::AppState;
 
 /// The OpenAPI document.
-pub async fn openapi_json<P: InferencePipeline>(
+pub(crate) async fn openapi_json<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
 ) -> impl IntoResponse {
     (
@@ -22,7 +22,7 @@ pub async fn openapi_json<P: InferencePipeline>(
 }
 
 /// The interactive API page.
-pub async fn docs_page() -> impl IntoResponse {
+pub(crate) async fn docs_page() -> impl IntoResponse {
     Html(DOCS_HTML)
 }
 

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::state::AppState;
 
 /// Liveness: the process answers.
-pub async fn health() -> impl IntoResponse {
+pub(crate) async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
@@ -21,7 +21,7 @@ pub async fn health() -> impl IntoResponse {
 /// otherwise, with the phase (`warming`, `ready`, `draining`, `failed`),
 /// the load and warm-up times, each model's state and queue depth and the
 /// device.
-pub async fn ready<P: InferencePipeline>(
+pub(crate) async fn ready<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
 ) -> impl IntoResponse {
     let ready = state.is_ready();
@@ -57,7 +57,7 @@ pub async fn ready<P: InferencePipeline>(
 }
 
 /// Prometheus text; the queue depths are read at this moment.
-pub async fn metrics<P: InferencePipeline>(
+pub(crate) async fn metrics<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
 ) -> impl IntoResponse {
     for name in &state.model_names {

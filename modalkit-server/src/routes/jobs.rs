@@ -14,7 +14,7 @@ use crate::state::AppState;
 
 /// The job's record; 400 for a malformed id, 404 for an unknown or expired
 /// one.
-pub async fn get_job<P: InferencePipeline>(
+pub(crate) async fn get_job<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
@@ -28,12 +28,12 @@ pub async fn get_job<P: InferencePipeline>(
 }
 
 /// Cancels a queued job; 409 with its state if it is running or ended.
-pub async fn cancel_job<P: InferencePipeline>(
+pub(crate) async fn cancel_job<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobRecord>, ApiError> {
     let id = parse_id(&job_id)?;
-    state.jobs.cancel(id).await.map(Json)
+    Ok(Json(state.jobs.cancel(id).await?))
 }
 
 fn parse_id(job_id: &str) -> Result<Uuid, ApiError> {

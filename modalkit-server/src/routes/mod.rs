@@ -1,7 +1,7 @@
 //! The HTTP handlers, one module per concern; each is thin: parse, hand to
 //! the batcher or store, shape the reply.
 
-pub mod docs;
-pub mod health;
-pub mod jobs;
-pub mod predict;
+pub(crate) mod docs;
+pub(crate) mod health;
+pub(crate) mod jobs;
+pub(crate) mod predict;

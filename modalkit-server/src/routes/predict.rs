@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use modalkit_core::wire::{AsyncInput, AsyncOutput, InferenceOutput, Meta};
-use modalkit_core::{Batcher, Error, InferencePipeline, ItemTiming, SubmitOptions, Ticket};
+use modalkit_core::{Batcher, InferencePipeline, ItemError, ItemTiming, SubmitOptions, Ticket};
 use serde_json::Value;
 
 use crate::async_jobs::{IdempotencyKey, parse_message};
@@ -35,7 +35,7 @@ fn batcher_for<'a, P: InferencePipeline>(
 /// `x-inference-time` (ms of compute, from its batch's start to its result),
 /// `x-total-time` (ms in the handler, body parsing included) and
 /// `x-batch-size`.
-pub async fn predict_sync<P: InferencePipeline>(
+pub(crate) async fn predict_sync<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     RawQuery(query): RawQuery,
     request: Request,
@@ -61,8 +61,7 @@ pub async fn predict_sync<P: InferencePipeline>(
     }
     let output = match result {
         Ok(output) => InferenceOutput::success(output, Meta::new()),
-        Err(Error::Item(message)) => InferenceOutput::failure(message, Meta::new()),
-        Err(Error::DeadlineExceeded) => return Err(ApiError::DeadlineExceeded(timeout)),
+        Err(ItemError::Item(message)) => InferenceOutput::failure(message, Meta::new()),
         Err(other) => return Err(other.into()),
     };
     let mut response = Json(output).into_response();
@@ -122,7 +121,7 @@ fn millis(duration: std::time::Duration) -> HeaderValue {
 
 /// An array of messages in, one `InferenceOutput` per message out, in order.
 /// Items enter the batcher one by one, so they mix with other traffic.
-pub async fn predict_batch<P: InferencePipeline>(
+pub(crate) async fn predict_batch<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     RawQuery(query): RawQuery,
     request: Request,
@@ -171,10 +170,11 @@ pub async fn predict_batch<P: InferencePipeline>(
             outputs.push(match ticket.await {
                 Ok(output) => InferenceOutput::success(output, Meta::new()),
                 Err(
-                    Error::Item(message) | Error::Pipeline(message) | Error::InvalidInput(message),
+                    ItemError::Item(message)
+                    | ItemError::Pipeline(message)
+                    | ItemError::InvalidInput(message),
                 ) => InferenceOutput::failure(message, Meta::new()),
-                Err(Error::DeadlineExceeded) => return Err(ApiError::DeadlineExceeded(timeout)),
-                Err(other) => return Err(other.into()),
+                Err(other) => return Err(ApiError::from(other)),
             });
         }
         Ok(outputs)
@@ -189,7 +189,7 @@ pub async fn predict_batch<P: InferencePipeline>(
 /// Accepts a message as an async job and answers `{job_id}`: at once in
 /// embedded mode, after SQS acknowledged it in durable mode. The result
 /// goes to the named queues and the job store.
-pub async fn predict_async<P: InferencePipeline>(
+pub(crate) async fn predict_async<P: InferencePipeline>(
     State(state): State<Arc<AppState<P>>>,
     RawQuery(query): RawQuery,
     request: Request,

@@ -44,14 +44,14 @@ use tower::{Layer, Service};
 use crate::request_scope::REQUEST_ID;
 
 /// Where the batcher records one item's timing (see [`TraceSpan::timing_cell`]).
-pub type TimingCell = Arc<OnceLock<ItemTiming>>;
+pub(crate) type TimingCell = Arc<OnceLock<ItemTiming>>;
 
 /// The W3C trace-context header and message attribute.
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: &str = "traceparent";
 
 /// What a span stands for, as OpenTelemetry's span kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanKind {
+pub(crate) enum SpanKind {
     /// An HTTP request this server answers.
     Server,
     /// An async job this server runs (from its own intake or a queue).
@@ -65,14 +65,14 @@ pub enum SpanKind {
 /// Starts spans: exporting when configured, else a no-op that only passes
 /// incoming trace contexts on. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct Tracer {
+pub(crate) struct Tracer {
     #[cfg(feature = "otel")]
     otlp: Option<Arc<otlp::Exporting>>,
 }
 
 impl Tracer {
     /// A tracer that records nothing.
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Tracer::default()
     }
 
@@ -81,7 +81,7 @@ impl Tracer {
     /// `OTEL_SDK_DISABLED` is not `true`); `service_name` unless
     /// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` names one. A
     /// configuration the exporter refuses is logged and leaves tracing off.
-    pub fn from_env(service_name: &str) -> Self {
+    pub(crate) fn from_env(service_name: &str) -> Self {
         let wanted = [
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -119,7 +119,7 @@ impl Tracer {
     }
 
     /// Whether spans are exported.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         #[cfg(feature = "otel")]
         {
             self.otlp.is_some()
@@ -132,7 +132,7 @@ impl Tracer {
 
     /// Starts a span now, as the child of `parent` (a W3C `traceparent`;
     /// a root when absent or malformed).
-    pub fn start(
+    pub(crate) fn start(
         &self,
         name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
@@ -157,7 +157,7 @@ impl Tracer {
 
     /// Exports what is buffered and stops exporting (blocks up to the
     /// exporter's timeout; call it off the async threads).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         #[cfg(feature = "otel")]
         if let Some(otlp) = &self.otlp {
             otlp.shutdown();
@@ -168,7 +168,7 @@ impl Tracer {
 /// A span under way. Clones share it; it ends at [`TraceSpan::end`] (or
 /// when its last clone drops).
 #[derive(Clone, Default)]
-pub struct TraceSpan {
+pub(crate) struct TraceSpan {
     #[cfg(feature = "otel")]
     recording: Option<otlp::Recording>,
     /// Not recording: the caller's trace context, passed on as it came.
@@ -178,7 +178,7 @@ pub struct TraceSpan {
 impl TraceSpan {
     /// Whether this span is exported (sampled); stage timings are worth
     /// collecting only then.
-    pub fn is_recording(&self) -> bool {
+    pub(crate) fn is_recording(&self) -> bool {
         #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             return recording.is_sampled();
@@ -188,7 +188,7 @@ impl TraceSpan {
 
     /// The `traceparent` that makes a receiver's span this span's child
     /// (or, not recording, the caller's context passed on).
-    pub fn traceparent(&self) -> Option<String> {
+    pub(crate) fn traceparent(&self) -> Option<String> {
         #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             return recording.traceparent();
@@ -197,7 +197,7 @@ impl TraceSpan {
     }
 
     /// Sets a string attribute.
-    pub fn set_str(&self, key: &'static str, value: &str) {
+    pub(crate) fn set_str(&self, key: &'static str, value: &str) {
         #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             recording.set(key, value.to_owned().into());
@@ -206,7 +206,7 @@ impl TraceSpan {
     }
 
     /// Sets an integer attribute.
-    pub fn set_int(&self, key: &'static str, value: i64) {
+    pub(crate) fn set_int(&self, key: &'static str, value: i64) {
         #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             recording.set(key, value.into());
@@ -215,7 +215,7 @@ impl TraceSpan {
     }
 
     /// Marks the span failed, with why.
-    pub fn set_error(&self, message: &str) {
+    pub(crate) fn set_error(&self, message: &str) {
         #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             recording.set_error(message);
@@ -224,7 +224,7 @@ impl TraceSpan {
     }
 
     /// Starts a child span now.
-    pub fn child(&self, name: &'static str, kind: SpanKind) -> TraceSpan {
+    pub(crate) fn child(&self, name: &'static str, kind: SpanKind) -> TraceSpan {
         #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             return TraceSpan {
@@ -238,12 +238,12 @@ impl TraceSpan {
 
     /// A cell for the batcher to record an item's timing in, when this span
     /// records (stage spans are worth collecting only then).
-    pub fn timing_cell(&self) -> Option<TimingCell> {
+    pub(crate) fn timing_cell(&self) -> Option<TimingCell> {
         self.is_recording().then(Arc::default)
     }
 
     /// One cell per item of a multi-item request; none when not recording.
-    pub fn timing_cells(&self, items: usize) -> Vec<TimingCell> {
+    pub(crate) fn timing_cells(&self, items: usize) -> Vec<TimingCell> {
         if self.is_recording() {
             (0..items).map(|_| Arc::default()).collect()
         } else {
@@ -252,7 +252,7 @@ impl TraceSpan {
     }
 
     /// The stage spans of each item of a multi-item request, numbered.
-    pub fn record_items(&self, cells: &[TimingCell]) {
+    pub(crate) fn record_items(&self, cells: &[TimingCell]) {
         for (index, cell) in cells.iter().enumerate() {
             if let Some(timing) = cell.get() {
                 self.record_item(timing, Some(index));
@@ -263,7 +263,7 @@ impl TraceSpan {
     /// Adds the children an item's [`ItemTiming`] describes: `queue_wait`
     /// and, when its stages ran, `preprocess`, `predict` and `postprocess`.
     /// `item`: its index in a multi-item request.
-    pub fn record_item(&self, timing: &ItemTiming, item: Option<usize>) {
+    pub(crate) fn record_item(&self, timing: &ItemTiming, item: Option<usize>) {
         #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             let clock = Clock::now();
@@ -291,7 +291,7 @@ impl TraceSpan {
     }
 
     /// Ends the span now.
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             recording.end_at(SystemTime::now());
@@ -342,13 +342,13 @@ impl Clock {
 /// only looks the header up. Hand-written, not `axum::middleware::from_fn`
 /// (which clones and boxes the route and boxes its future per request).
 #[derive(Clone)]
-pub struct TraceRequestsLayer {
+pub(crate) struct TraceRequestsLayer {
     tracer: Tracer,
 }
 
 impl TraceRequestsLayer {
     /// Spans started by `tracer`.
-    pub fn new(tracer: Tracer) -> Self {
+    pub(crate) fn new(tracer: Tracer) -> Self {
         TraceRequestsLayer { tracer }
     }
 }
@@ -366,7 +366,7 @@ impl<S> Layer<S> for TraceRequestsLayer {
 
 /// The service of [`TraceRequestsLayer`].
 #[derive(Clone)]
-pub struct TraceRequests<S> {
+pub(crate) struct TraceRequests<S> {
     inner: S,
     tracer: Tracer,
 }
@@ -458,7 +458,7 @@ where
 
 /// The span [`TraceRequestsLayer`] left for a request (a span that records
 /// nothing when there is none).
-pub fn request_span(request: &Request) -> TraceSpan {
+pub(crate) fn request_span(request: &Request) -> TraceSpan {
     request
         .extensions()
         .get::<TraceSpan>()
@@ -468,7 +468,7 @@ pub fn request_span(request: &Request) -> TraceSpan {
 
 /// The trace context a request's job should continue: its span's (or, not
 /// recording, the caller's `traceparent` passed on).
-pub fn request_traceparent(request: &Request) -> Option<String> {
+pub(crate) fn request_traceparent(request: &Request) -> Option<String> {
     request
         .extensions()
         .get::<TraceSpan>()
