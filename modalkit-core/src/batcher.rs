@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 use crate::context::ModelContext;
 use crate::error::{ItemError, StartupError};
 use crate::pipeline::InferencePipeline;
-use crate::settings::Settings;
+use crate::settings::{BatchConfig, ServerConfig, Settings};
 use intake::Pending;
 pub use ticket::Ticket;
 
@@ -58,29 +58,31 @@ impl BatcherConfig {
             .volume_reload_interval_seconds
             .filter(|secs| *secs > 0)
             .map(|secs| Duration::from_secs(secs.unsigned_abs()));
+        Self::from_sections(&app.batch_config, &app.server_config, reload)
+    }
+
+    fn from_sections(
+        batch: &BatchConfig,
+        server: &ServerConfig,
+        reload_interval: Option<Duration>,
+    ) -> Self {
         BatcherConfig {
-            max_batch_size: app.batch_config.max_batch_size,
-            wait: Duration::from_millis(app.batch_config.wait_ms),
-            adaptive_wait: Duration::from_secs_f64(app.batch_config.adaptive_wait_ms / 1000.0),
-            max_queue_depth: app.server_config.max_queue_depth,
-            workers: app.server_config.workers,
-            default_timeout: Duration::from_secs_f64(app.server_config.request_timeout_seconds),
-            reload_interval: reload,
+            max_batch_size: batch.max_batch_size,
+            wait: Duration::from_millis(batch.wait_ms),
+            adaptive_wait: Duration::from_secs_f64(batch.adaptive_wait_ms / 1000.0),
+            max_queue_depth: server.max_queue_depth,
+            workers: server.workers,
+            default_timeout: Duration::from_secs_f64(server.request_timeout_seconds),
+            reload_interval,
         }
     }
 }
 
+/// What a server whose yaml has no `batch_config` or `server_config` runs:
+/// the settings' defaults.
 impl Default for BatcherConfig {
     fn default() -> Self {
-        BatcherConfig {
-            max_batch_size: 32,
-            wait: Duration::from_millis(5),
-            adaptive_wait: Duration::from_millis(1),
-            max_queue_depth: 1024,
-            workers: 1,
-            default_timeout: Duration::from_secs(60),
-            reload_interval: None,
-        }
+        Self::from_sections(&BatchConfig::default(), &ServerConfig::default(), None)
     }
 }
 

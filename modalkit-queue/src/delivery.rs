@@ -222,9 +222,9 @@ impl Delivery {
         }
         #[cfg(feature = "webhooks")]
         if let Some(sender) = &self.webhooks {
-            return sender.check(queue).map_err(|message| QueueError::Rejected {
+            return sender.check(queue).map_err(|reason| QueueError::Refused {
                 queue: queue.to_owned(),
-                message,
+                reason,
             });
         }
         Err(QueueError::NotCompiled {

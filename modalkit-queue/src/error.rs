@@ -39,6 +39,16 @@ pub enum QueueError {
         /// Why.
         message: String,
     },
+    /// A webhook URL results may not go to (malformed, or its host is off
+    /// the allow-list); retrying cannot help.
+    #[error("'{queue}' refused the message: {reason}")]
+    Refused {
+        /// The URL.
+        queue: String,
+        /// Why.
+        #[source]
+        reason: WebhookRefusal,
+    },
     /// No backend is registered under this name.
     #[error("unknown queue backend '{0}' (registered: {1})")]
     UnknownBackend(String, String),
@@ -79,4 +89,24 @@ impl QueueError {
             QueueError::Unavailable { .. } | QueueError::Full { .. }
         )
     }
+}
+
+/// Why results may not be POSTed to a URL.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WebhookRefusal {
+    /// The URL does not parse.
+    #[error("'{url}' is not a valid URL: {source}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it does not parse.
+        #[source]
+        source: url::ParseError,
+    },
+    /// Its host is not on `queue_config.webhook_allowed_hosts`.
+    #[error("webhook host '{host}' is not in queue_config.webhook_allowed_hosts")]
+    HostNotAllowed {
+        /// The host, with its port when the URL names one.
+        host: String,
+    },
 }

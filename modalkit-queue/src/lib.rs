@@ -26,7 +26,7 @@ pub use backoff::Backoff;
 pub use delivery::{
     DeadLetterFile, Delivery, Outcome, RetryPolicy, dead_letter_record, is_webhook,
 };
-pub use error::QueueError;
+pub use error::{QueueError, WebhookRefusal};
 pub use lazy::LazyBackend;
 pub use memory::InMemoryQueue;
 pub use registry::BackendRegistry;

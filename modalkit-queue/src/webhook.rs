@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::QueueError;
+use crate::error::{QueueError, WebhookRefusal};
 
 /// How webhooks are sent.
 #[derive(Debug, Clone, Default)]
@@ -67,9 +67,11 @@ impl WebhookSender {
 
     /// Whether results may go to `url`: a valid http(s) URL whose host is on
     /// the allow-list. The error says why not.
-    pub fn check(&self, url: &str) -> Result<(), String> {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|err| format!("'{url}' is not a valid URL: {err}"))?;
+    pub fn check(&self, url: &str) -> Result<(), WebhookRefusal> {
+        let parsed = reqwest::Url::parse(url).map_err(|source| WebhookRefusal::InvalidUrl {
+            url: url.to_owned(),
+            source,
+        })?;
         let host = parsed.host_str().unwrap_or_default();
         let with_port = match parsed.port() {
             Some(port) => format!("{host}:{port}"),
@@ -82,9 +84,7 @@ impl WebhookSender {
         if allowed {
             Ok(())
         } else {
-            Err(format!(
-                "webhook host '{with_port}' is not in queue_config.webhook_allowed_hosts"
-            ))
+            Err(WebhookRefusal::HostNotAllowed { host: with_port })
         }
     }
 
@@ -108,9 +108,9 @@ impl WebhookSender {
         id: &str,
         traceparent: Option<&str>,
     ) -> Result<(), QueueError> {
-        self.check(url).map_err(|message| QueueError::Rejected {
+        self.check(url).map_err(|reason| QueueError::Refused {
             queue: url.to_owned(),
-            message,
+            reason,
         })?;
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -27,11 +27,24 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// `auth_config.auth_header` is not a valid HTTP header name.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid auth header name '{header}'")]
+pub(crate) struct InvalidAuthHeader {
+    header: String,
+    #[source]
+    source: axum::http::header::InvalidHeaderName,
+}
+
 impl ApiKey {
     /// A key checked in `header`; fails if the header name is invalid.
-    pub(crate) fn new(header: &str, key: &str) -> Result<Self, String> {
-        let header = axum::http::HeaderName::from_bytes(header.as_bytes())
-            .map_err(|_| format!("invalid auth header name '{header}'"))?;
+    pub(crate) fn new(header: &str, key: &str) -> Result<Self, InvalidAuthHeader> {
+        let header = axum::http::HeaderName::from_bytes(header.as_bytes()).map_err(|source| {
+            InvalidAuthHeader {
+                header: header.to_owned(),
+                source,
+            }
+        })?;
         Ok(ApiKey {
             header,
             key: Arc::from(key.as_bytes()),

@@ -136,6 +136,7 @@ fn summary(fields: &[(String, String)]) -> String {
 fn reason(error: &modalkit_queue::QueueError) -> String {
     match error {
         modalkit_queue::QueueError::Rejected { message, .. } => message.clone(),
+        modalkit_queue::QueueError::Refused { reason, .. } => reason.to_string(),
         other => other.to_string(),
     }
 }

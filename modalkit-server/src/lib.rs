@@ -18,18 +18,19 @@
 
 mod async_jobs;
 mod auth;
+mod aws;
 mod cli;
 mod error;
 mod extract;
 mod features;
+mod lifecycle;
 pub mod openai;
 mod openapi;
 mod request_scope;
 mod router;
 mod routes;
 mod server;
-#[cfg(feature = "sqs")]
-mod ssm;
+mod startup;
 mod state;
 mod telemetry;
 mod traces;

@@ -96,7 +96,9 @@ pub mod device {
 /// backend of your own implements, the registry that selects backends by
 /// name, and the backends that come with the crate.
 pub mod queue {
-    pub use modalkit_queue::{BackendRegistry, InMemoryQueue, Labels, QueueBackend, QueueError};
+    pub use modalkit_queue::{
+        BackendRegistry, InMemoryQueue, Labels, QueueBackend, QueueError, WebhookRefusal,
+    };
     #[cfg(feature = "sqs")]
     pub use modalkit_queue::{SqsOptions, SqsQueue};
 }

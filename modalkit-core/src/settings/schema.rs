@@ -56,35 +56,30 @@ pub struct AppSettings {
 
 /// `app_settings.auth_config`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// The API key clients must send; none: no auth. A key under 8
     /// characters loads with a warning (modalkit accepts it).
-    #[serde(default)]
     #[garde(inner(length(min = 1)))]
     pub api_key: Option<String>,
     /// An AWS SSM parameter holding the API key.
-    #[serde(default)]
     #[garde(inner(length(min = 1)))]
     pub ssm_key: Option<String>,
     /// The header carrying the key.
-    #[serde(default = "default_auth_header")]
     #[garde(length(min = 1), pattern(r"^[A-Za-z0-9-]+$"))]
     pub auth_header: String,
 }
 
+/// The defaults of every field (the one place they are written: a field
+/// left out of the yaml takes its value from here).
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             api_key: None,
             ssm_key: None,
-            auth_header: default_auth_header(),
+            auth_header: "x-api-key".to_owned(),
         }
     }
-}
-
-fn default_auth_header() -> String {
-    "x-api-key".to_owned()
 }
 
 /// `app_settings.build_config`.
@@ -310,270 +305,165 @@ impl Default for BatchConfig {
 
 /// `app_settings.queue_config`: where async results are delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     /// A registered backend name: `memory`, `sqs` or a custom one.
-    #[serde(default = "default_backend")]
     #[garde(length(min = 1))]
     pub backend: String,
     /// The broker's address, for backends that take one.
-    #[serde(default)]
     #[garde(skip)]
     pub broker_url: Option<String>,
     /// Attempts per result before it is dead-lettered.
-    #[serde(default = "default_max_attempts")]
     #[garde(range(min = 1, max = 100))]
     pub max_attempts: u32,
     /// First retry delay; doubles each attempt, with jitter.
-    #[serde(default = "default_initial_backoff_ms")]
     #[garde(range(min = 1, max = 60_000))]
     pub initial_backoff_ms: u64,
     /// Longest delay between two attempts.
-    #[serde(default = "default_max_backoff_ms")]
     #[garde(range(min = 1, max = 600_000))]
     pub max_backoff_ms: u64,
     /// Longest time one result may spend in delivery before it is dead-lettered.
-    #[serde(default = "default_max_delivery_seconds")]
     #[garde(range(min = 1, max = 86_400))]
     pub max_delivery_seconds: u64,
     /// JSON-lines file of results that could not be delivered.
-    #[serde(default = "default_dead_letter_path")]
     #[garde(length(min = 1))]
     pub dead_letter_path: String,
     /// An SQS queue to consume `AsyncInput` messages from; none: no consumer.
-    #[serde(default)]
     #[garde(inner(length(min = 1, max = 80)))]
     pub input_queue: Option<String>,
     /// The model consumed messages run on (optional when one model is served).
-    #[serde(default)]
     #[garde(skip)]
     pub input_model: Option<String>,
     /// How long a received message stays hidden; extended while it is processed.
-    #[serde(default = "default_input_visibility_timeout_seconds")]
     #[garde(range(min = 2, max = 43_200))]
     pub input_visibility_timeout_seconds: u32,
     /// Messages per receive call (1..=10).
-    #[serde(default = "default_input_max_messages")]
     #[garde(range(min = 1, max = 10))]
     pub input_max_messages: u32,
     /// Long-poll wait per receive call (0..=20 s).
-    #[serde(default = "default_input_wait_seconds")]
     #[garde(range(max = 20))]
     pub input_wait_seconds: u32,
     /// Most consumed messages being processed at once by this process.
-    #[serde(default = "default_input_max_in_flight")]
     #[garde(range(min = 1, max = 100_000))]
     pub input_max_in_flight: usize,
     /// An SQS queue for dead-letter records (they outlive the container);
     /// the file at `dead_letter_path` is the fallback.
-    #[serde(default)]
     #[garde(inner(length(min = 1, max = 80)))]
     pub dead_letter_queue: Option<String>,
     /// Where async job records live: `memory` (this process) or `dynamodb`
     /// (one table shared by every container).
-    #[serde(default)]
     #[garde(skip)]
     pub job_store: JobStoreKind,
     /// The DynamoDB table of the `dynamodb` job store (created if missing).
-    #[serde(default = "default_job_table")]
     #[garde(length(min = 3, max = 255))]
     pub job_table: String,
     /// Signing secret of webhook deliveries (`whsec_<base64>`, Standard
     /// Webhooks); none: unsigned.
-    #[serde(default)]
     #[garde(inner(length(min = 1)))]
     pub webhook_secret: Option<String>,
     /// Hosts (`host` or `host:port`) a success/failure "queue" URL may name;
     /// `*` allows any. Empty (default): no webhooks.
-    #[serde(default)]
     #[garde(skip)]
     pub webhook_allowed_hosts: Vec<String>,
     /// Timeout of one webhook POST.
-    #[serde(default = "default_webhook_timeout_seconds")]
     #[garde(range(min = 0.1, max = 600.0))]
     pub webhook_timeout_seconds: f64,
 }
 
-fn default_webhook_timeout_seconds() -> f64 {
-    10.0
-}
-
-fn default_job_table() -> String {
-    "modalkit-jobs".to_owned()
-}
-
-fn default_input_visibility_timeout_seconds() -> u32 {
-    30
-}
-fn default_input_max_messages() -> u32 {
-    10
-}
-fn default_input_wait_seconds() -> u32 {
-    20
-}
-fn default_input_max_in_flight() -> usize {
-    64
-}
-
-/// modalkit's default. The backend is built on the first send, so a server
-/// whose jobs name no queue never needs SQS.
-fn default_backend() -> String {
-    "sqs".to_owned()
-}
-fn default_max_attempts() -> u32 {
-    8
-}
-fn default_initial_backoff_ms() -> u64 {
-    100
-}
-fn default_max_backoff_ms() -> u64 {
-    5_000
-}
-fn default_max_delivery_seconds() -> u64 {
-    60
-}
-fn default_dead_letter_path() -> String {
-    "modalkit-dead-letters.jsonl".to_owned()
-}
-
+/// The defaults of every field (the one place they are written: a field
+/// left out of the yaml takes its value from here).
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            backend: default_backend(),
+            // modalkit's default. The backend is built on the first send,
+            // so a server whose jobs name no queue never needs SQS.
+            backend: "sqs".to_owned(),
             broker_url: None,
-            max_attempts: default_max_attempts(),
-            initial_backoff_ms: default_initial_backoff_ms(),
-            max_backoff_ms: default_max_backoff_ms(),
-            max_delivery_seconds: default_max_delivery_seconds(),
-            dead_letter_path: default_dead_letter_path(),
+            max_attempts: 8,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 5_000,
+            max_delivery_seconds: 60,
+            dead_letter_path: "modalkit-dead-letters.jsonl".to_owned(),
             input_queue: None,
             input_model: None,
-            input_visibility_timeout_seconds: default_input_visibility_timeout_seconds(),
-            input_max_messages: default_input_max_messages(),
-            input_wait_seconds: default_input_wait_seconds(),
-            input_max_in_flight: default_input_max_in_flight(),
+            input_visibility_timeout_seconds: 30,
+            input_max_messages: 10,
+            input_wait_seconds: 20,
+            input_max_in_flight: 64,
             dead_letter_queue: None,
             job_store: JobStoreKind::default(),
-            job_table: default_job_table(),
+            job_table: "modalkit-jobs".to_owned(),
             webhook_secret: None,
             webhook_allowed_hosts: Vec::new(),
-            webhook_timeout_seconds: default_webhook_timeout_seconds(),
+            webhook_timeout_seconds: 10.0,
         }
     }
 }
 
 /// `app_settings.server_config`: what the Rust server needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to bind.
-    #[serde(default = "default_host")]
     #[garde(length(min = 1))]
     pub host: String,
     /// Port to bind (0: any free port).
-    #[serde(default = "default_port")]
     #[garde(skip)]
     pub port: u16,
     /// Largest request body, in bytes.
-    #[serde(default = "default_max_body_bytes")]
     #[garde(range(min = 64, max = 1_073_741_824))]
     pub max_body_bytes: usize,
     /// Most messages in one `/predict_batch` request.
-    #[serde(default = "default_max_batch_request_items")]
     #[garde(range(min = 1, max = 100_000))]
     pub max_batch_request_items: usize,
     /// Deadline of a sync request, in seconds.
-    #[serde(default = "default_request_timeout_seconds")]
     #[garde(range(min = 0.001, max = 86_400.0))]
     pub request_timeout_seconds: f64,
     /// Deadline of an async job, in seconds.
-    #[serde(default = "default_async_timeout_seconds")]
     #[garde(range(min = 0.001, max = 604_800.0))]
     pub async_timeout_seconds: f64,
     /// Items queued per model before requests are refused with 503.
-    #[serde(default = "default_max_queue_depth")]
     #[garde(range(min = 1, max = 10_000_000))]
     pub max_queue_depth: usize,
     /// Pipeline worker threads per model, each with its own loaded pipeline.
-    #[serde(default = "default_workers")]
     #[garde(range(min = 1, max = 256))]
     pub workers: usize,
     /// Longest a graceful shutdown waits for in-flight work, in seconds.
-    #[serde(default = "default_shutdown_grace_seconds")]
     #[garde(range(min = 0.0, max = 3_600.0))]
     pub shutdown_grace_seconds: f64,
     /// After readiness turns 503 (shutdown or device failure), keep answering
     /// at least this long before closing the listener, so load balancers
     /// see the 503 before connections are refused.
-    #[serde(default = "default_unready_delay_seconds")]
     #[garde(range(min = 0.0, max = 60.0))]
     pub unready_delay_seconds: f64,
     /// How long a finished async job's result is kept for `GET /jobs/{id}`.
-    #[serde(default = "default_job_ttl_seconds")]
     #[garde(range(min = 1, max = 604_800))]
     pub job_ttl_seconds: u64,
     /// Most jobs kept at once.
-    #[serde(default = "default_max_jobs")]
     #[garde(range(min = 1, max = 100_000_000))]
     pub max_jobs: usize,
     /// Origins allowed by CORS; empty: no CORS headers.
-    #[serde(default)]
     #[garde(skip)]
     pub cors_allow_origins: Vec<String>,
 }
 
-fn default_host() -> String {
-    "0.0.0.0".to_owned()
-}
-fn default_port() -> u16 {
-    8000
-}
-fn default_max_body_bytes() -> usize {
-    2 * 1024 * 1024
-}
-fn default_max_batch_request_items() -> usize {
-    1_000
-}
-fn default_request_timeout_seconds() -> f64 {
-    60.0
-}
-fn default_async_timeout_seconds() -> f64 {
-    600.0
-}
-fn default_max_queue_depth() -> usize {
-    1_024
-}
-fn default_workers() -> usize {
-    1
-}
-fn default_shutdown_grace_seconds() -> f64 {
-    30.0
-}
-fn default_unready_delay_seconds() -> f64 {
-    0.5
-}
-fn default_job_ttl_seconds() -> u64 {
-    3_600
-}
-fn default_max_jobs() -> usize {
-    100_000
-}
-
+/// The defaults of every field (the one place they are written: a field
+/// left out of the yaml takes its value from here).
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            host: default_host(),
-            port: default_port(),
-            max_body_bytes: default_max_body_bytes(),
-            max_batch_request_items: default_max_batch_request_items(),
-            request_timeout_seconds: default_request_timeout_seconds(),
-            async_timeout_seconds: default_async_timeout_seconds(),
-            max_queue_depth: default_max_queue_depth(),
-            workers: default_workers(),
-            shutdown_grace_seconds: default_shutdown_grace_seconds(),
-            unready_delay_seconds: default_unready_delay_seconds(),
-            job_ttl_seconds: default_job_ttl_seconds(),
-            max_jobs: default_max_jobs(),
+            host: "0.0.0.0".to_owned(),
+            port: 8000,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_batch_request_items: 1_000,
+            request_timeout_seconds: 60.0,
+            async_timeout_seconds: 600.0,
+            max_queue_depth: 1_024,
+            workers: 1,
+            shutdown_grace_seconds: 30.0,
+            unready_delay_seconds: 0.5,
+            job_ttl_seconds: 3_600,
+            max_jobs: 100_000,
             cors_allow_origins: Vec::new(),
         }
     }

@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::consumed::{ConsumedJob, Disposition};
 use super::outcome::{JobTrace, deliver_outcome};
-use super::{AsyncJobs, ConsumedJob, Disposition, parse_message};
+use super::{AsyncJobs, parse_message};
 
 /// The wait after a failed receive (SQS away): up to 200 ms after the first,
 /// doubling to 6.4 s, so a queue that comes back is polled again within

@@ -25,7 +25,7 @@ pub(crate) enum JobError {
         job_id: String,
     },
     /// A success or failure queue this binary cannot deliver to.
-    #[error("{field} '{queue}'")]
+    #[error("{field} '{queue}': {source}")]
     UndeliverableQueue {
         /// `success_queue` or `failure_queue`.
         field: &'static str,
@@ -54,7 +54,7 @@ pub(crate) enum JobError {
     Store(#[from] StoreError),
     /// The input queue did not take the job, so it was not accepted.
     #[error("the input queue did not take the job: {0}")]
-    InputQueue(#[source] QueueError),
+    InputQueue(#[from] QueueError),
     /// The request could not be encoded or fingerprinted.
     #[error("cannot encode the job: {0}")]
     Encode(#[source] serde_json::Error),

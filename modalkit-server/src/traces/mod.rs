@@ -58,7 +58,8 @@ pub(crate) enum SpanKind {
     Consumer,
     /// A result this server sends to a queue or webhook.
     Producer,
-    /// A step inside one of the above.
+    /// A step inside one of the above (exported stage spans only).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     Internal,
 }
 
