@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::aws::InputQueue;
 use crate::error::ApiError;
 use crate::extract::{parse_value, validate};
 use crate::traces::{SpanKind, TimingCell, TraceSpan, Tracer};
@@ -58,13 +59,7 @@ pub(crate) enum JobIntake {
     /// In this process's batcher queue.
     Embedded,
     /// In an SQS input queue read by every container's consumer.
-    #[cfg(feature = "sqs")]
-    Durable {
-        /// The SQS client.
-        sqs: Arc<modalkit_queue::SqsQueue>,
-        /// The input queue's name.
-        queue: String,
-    },
+    Durable(InputQueue),
 }
 
 /// A client's idempotency key and the fingerprint of its request.
@@ -260,16 +255,9 @@ impl<P: InferencePipeline> AsyncJobs<P> {
                 let span = self.job_span(id, model, traceparent);
                 self.submit_embedded(id, batcher, envelope, input, span)
             }
-            #[cfg(feature = "sqs")]
-            JobIntake::Durable { sqs, queue } => {
+            JobIntake::Durable(queue) => {
                 drop(input);
-                let message = InputMessage {
-                    id,
-                    model,
-                    envelope: &envelope,
-                    traceparent,
-                };
-                send_to_input_queue(sqs, queue, &message).await
+                queue.send(id, model, &envelope, traceparent).await
             }
         };
         if submitted.is_err()
@@ -440,44 +428,6 @@ impl HeldJob {
         }
         span.end();
     }
-}
-
-/// An accepted job on its way to the input queue.
-#[cfg(feature = "sqs")]
-struct InputMessage<'a> {
-    id: Uuid,
-    model: &'a str,
-    envelope: &'a AsyncInput<Value>,
-    /// The accepting request's trace context, continued by the consumer.
-    traceparent: Option<&'a str>,
-}
-
-/// Puts an accepted job on the input queue and returns once SQS has it.
-#[cfg(feature = "sqs")]
-async fn send_to_input_queue(
-    sqs: &modalkit_queue::SqsQueue,
-    queue: &str,
-    message: &InputMessage<'_>,
-) -> Result<(), JobError> {
-    let body = serde_json::to_string(message.envelope).map_err(JobError::Encode)?;
-    let job_id = message.id.to_string();
-    let mut attributes = vec![
-        (modalkit_queue::JOB_ID_ATTRIBUTE, job_id.as_str()),
-        (modalkit_queue::MODEL_ATTRIBUTE, message.model),
-    ];
-    if let Some(traceparent) = message.traceparent {
-        attributes.push((modalkit_queue::TRACEPARENT_ATTRIBUTE, traceparent));
-    }
-    // Each job is its own FIFO group: jobs need no order among themselves,
-    // and one group would let a FIFO queue hand out one job at a time.
-    let outgoing = modalkit_queue::Outgoing {
-        body: &body,
-        dedup_id: &job_id,
-        group_id: Some(&job_id),
-        attributes: &attributes,
-    };
-    // The only queue the job layer sends to itself is the input queue.
-    Ok(sqs.send_outgoing(queue, outgoing).await?)
 }
 
 /// Refuses a job whose success or failure queue this server cannot deliver

@@ -8,4 +8,4 @@
 #[cfg_attr(not(feature = "sqs"), path = "absent.rs")]
 mod clients;
 
-pub(crate) use clients::{Aws, DurableIntake, InputConsumer};
+pub(crate) use clients::{Aws, DurableIntake, InputConsumer, InputQueue};

@@ -7,13 +7,19 @@ use aws_config::SdkConfig;
 use aws_sdk_ssm::error::DisplayErrorContext;
 use modalkit_core::InferencePipeline;
 use modalkit_core::settings::QueueConfig;
-use modalkit_queue::{QueueBackend, SqsOptions, SqsQueue};
+use modalkit_core::wire::AsyncInput;
+use modalkit_queue::{
+    JOB_ID_ATTRIBUTE, MODEL_ATTRIBUTE, Outgoing, QueueBackend, SqsOptions, SqsQueue,
+    TRACEPARENT_ATTRIBUTE,
+};
+use serde_json::Value;
 use tokio::sync::OnceCell;
+use uuid::Uuid;
 
 use crate::async_jobs::consumer::ConsumerConfig;
 pub(crate) use crate::async_jobs::consumer::InputConsumer;
 use crate::async_jobs::store::JobStore;
-use crate::async_jobs::{AsyncJobs, JobIntake};
+use crate::async_jobs::{AsyncJobs, JobError, JobIntake};
 use crate::server::{ServerError, ServerOptions};
 
 /// One AWS configuration, loaded on first use (the standard chain unless
@@ -163,10 +169,10 @@ pub(crate) struct DurableIntake {
 impl DurableIntake {
     /// Where `/predict_async` puts accepted jobs.
     pub(crate) fn job_intake(&self) -> JobIntake {
-        JobIntake::Durable {
+        JobIntake::Durable(InputQueue {
             sqs: Arc::clone(&self.sqs),
             queue: self.config.queue_name.clone(),
-        }
+        })
     }
 
     /// Starts consuming the input queue.
@@ -175,5 +181,43 @@ impl DurableIntake {
         jobs: Arc<AsyncJobs<P>>,
     ) -> Result<InputConsumer, ServerError> {
         Ok(InputConsumer::start(Arc::clone(&self.sqs), jobs, self.config.clone()).await?)
+    }
+}
+
+/// The input queue accepted jobs are sent to.
+pub(crate) struct InputQueue {
+    sqs: Arc<SqsQueue>,
+    queue: String,
+}
+
+impl InputQueue {
+    /// Puts job `id` for `model` on the input queue and returns once SQS
+    /// has it; the consumer continues `traceparent`'s trace.
+    pub(crate) async fn send(
+        &self,
+        id: Uuid,
+        model: &str,
+        envelope: &AsyncInput<Value>,
+        traceparent: Option<&str>,
+    ) -> Result<(), JobError> {
+        let body = serde_json::to_string(envelope).map_err(JobError::Encode)?;
+        let job_id = id.to_string();
+        let mut attributes = vec![
+            (JOB_ID_ATTRIBUTE, job_id.as_str()),
+            (MODEL_ATTRIBUTE, model),
+        ];
+        if let Some(traceparent) = traceparent {
+            attributes.push((TRACEPARENT_ATTRIBUTE, traceparent));
+        }
+        // Each job is its own FIFO group: jobs need no order among
+        // themselves, and one group would let a FIFO queue hand out one job
+        // at a time.
+        let outgoing = Outgoing {
+            body: &body,
+            dedup_id: &job_id,
+            group_id: Some(&job_id),
+            attributes: &attributes,
+        };
+        Ok(self.sqs.send_outgoing(&self.queue, outgoing).await?)
     }
 }
