@@ -26,8 +26,9 @@
 //! an incoming `traceparent` is still passed on, unchanged, to a job's
 //! result, so the caller's trace stays linked.
 
-#[cfg(feature = "otel")]
-mod otlp;
+#[cfg_attr(feature = "otel", path = "otlp.rs")]
+#[cfg_attr(not(feature = "otel"), path = "off.rs")]
+mod exporter;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -59,7 +60,6 @@ pub(crate) enum SpanKind {
     /// A result this server sends to a queue or webhook.
     Producer,
     /// A step inside one of the above (exported stage spans only).
-    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     Internal,
 }
 
@@ -67,8 +67,7 @@ pub(crate) enum SpanKind {
 /// incoming trace contexts on. Cheap to clone.
 #[derive(Clone, Default)]
 pub(crate) struct Tracer {
-    #[cfg(feature = "otel")]
-    otlp: Option<Arc<otlp::Exporting>>,
+    otlp: Option<Arc<exporter::Exporting>>,
 }
 
 impl Tracer {
@@ -94,41 +93,23 @@ impl Tracer {
         if !wanted {
             return Tracer::disabled();
         }
-        #[cfg(feature = "otel")]
-        {
-            match otlp::Exporting::from_env(service_name) {
-                Ok(exporting) => {
-                    tracing::info!(endpoint = %exporting.endpoint(), "exporting traces over OTLP/HTTP");
-                    Tracer {
-                        otlp: Some(Arc::new(exporting)),
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(%err, "cannot export traces; tracing is off");
-                    Tracer::disabled()
+        match exporter::Exporting::from_env(service_name) {
+            Ok(exporting) => {
+                tracing::info!(endpoint = %exporting.endpoint(), "exporting traces over OTLP/HTTP");
+                Tracer {
+                    otlp: Some(Arc::new(exporting)),
                 }
             }
-        }
-        #[cfg(not(feature = "otel"))]
-        {
-            let _ = service_name;
-            tracing::warn!(
-                "OTEL_EXPORTER_OTLP_ENDPOINT is set, but this binary was built without the `otel` feature; tracing is off"
-            );
-            Tracer::disabled()
+            Err(err) => {
+                tracing::error!(%err, "cannot export traces; tracing is off");
+                Tracer::disabled()
+            }
         }
     }
 
     /// Whether spans are exported.
     pub(crate) fn is_enabled(&self) -> bool {
-        #[cfg(feature = "otel")]
-        {
-            self.otlp.is_some()
-        }
-        #[cfg(not(feature = "otel"))]
-        {
-            false
-        }
+        self.otlp.is_some()
     }
 
     /// Starts a span now, as the child of `parent` (a W3C `traceparent`;
@@ -139,16 +120,13 @@ impl Tracer {
         kind: SpanKind,
         parent: Option<&str>,
     ) -> TraceSpan {
-        #[cfg(feature = "otel")]
         if let Some(otlp) = &self.otlp {
             return TraceSpan {
                 recording: Some(otlp.start(name.into(), kind, parent)),
                 inbound: None,
             };
         }
-        let _ = (name, kind);
         TraceSpan {
-            #[cfg(feature = "otel")]
             recording: None,
             // Passed on only if well formed: it goes into webhook headers
             // and queue attributes, where junk could fail a delivery.
@@ -159,7 +137,6 @@ impl Tracer {
     /// Exports what is buffered and stops exporting (blocks up to the
     /// exporter's timeout; call it off the async threads).
     pub(crate) fn shutdown(&self) {
-        #[cfg(feature = "otel")]
         if let Some(otlp) = &self.otlp {
             otlp.shutdown();
         }
@@ -170,8 +147,7 @@ impl Tracer {
 /// when its last clone drops).
 #[derive(Clone, Default)]
 pub(crate) struct TraceSpan {
-    #[cfg(feature = "otel")]
-    recording: Option<otlp::Recording>,
+    recording: Option<exporter::Recording>,
     /// Not recording: the caller's trace context, passed on as it came.
     inbound: Option<Arc<str>>,
 }
@@ -180,61 +156,50 @@ impl TraceSpan {
     /// Whether this span is exported (sampled); stage timings are worth
     /// collecting only then.
     pub(crate) fn is_recording(&self) -> bool {
-        #[cfg(feature = "otel")]
-        if let Some(recording) = &self.recording {
-            return recording.is_sampled();
-        }
-        false
+        self.recording
+            .as_ref()
+            .is_some_and(exporter::Recording::is_sampled)
     }
 
     /// The `traceparent` that makes a receiver's span this span's child
     /// (or, not recording, the caller's context passed on).
     pub(crate) fn traceparent(&self) -> Option<String> {
-        #[cfg(feature = "otel")]
-        if let Some(recording) = &self.recording {
-            return recording.traceparent();
+        match &self.recording {
+            Some(recording) => recording.traceparent(),
+            None => self.inbound.as_deref().map(str::to_owned),
         }
-        self.inbound.as_deref().map(str::to_owned)
     }
 
     /// Sets a string attribute.
     pub(crate) fn set_str(&self, key: &'static str, value: &str) {
-        #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
-            recording.set(key, value.to_owned().into());
+            recording.set_str(key, value);
         }
-        let _ = (key, value);
     }
 
     /// Sets an integer attribute.
     pub(crate) fn set_int(&self, key: &'static str, value: i64) {
-        #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
-            recording.set(key, value.into());
+            recording.set_int(key, value);
         }
-        let _ = (key, value);
     }
 
     /// Marks the span failed, with why.
     pub(crate) fn set_error(&self, message: &str) {
-        #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             recording.set_error(message);
         }
-        let _ = message;
     }
 
     /// Starts a child span now.
     pub(crate) fn child(&self, name: &'static str, kind: SpanKind) -> TraceSpan {
-        #[cfg(feature = "otel")]
-        if let Some(recording) = &self.recording {
-            return TraceSpan {
+        match &self.recording {
+            Some(recording) => TraceSpan {
                 recording: Some(recording.child(name, kind, None)),
                 inbound: None,
-            };
+            },
+            None => self.clone(),
         }
-        let _ = (name, kind);
-        self.clone()
     }
 
     /// A cell for the batcher to record an item's timing in, when this span
@@ -265,7 +230,6 @@ impl TraceSpan {
     /// and, when its stages ran, `preprocess`, `predict` and `postprocess`.
     /// `item`: its index in a multi-item request.
     pub(crate) fn record_item(&self, timing: &ItemTiming, item: Option<usize>) {
-        #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             let clock = Clock::now();
             let mut spans = vec![(
@@ -281,19 +245,17 @@ impl TraceSpan {
             for (name, start, end) in spans {
                 let start = clock.wall(start.unwrap_or(timing.batch_started));
                 let child = recording.child(name, SpanKind::Internal, Some(start));
-                child.set("modalkit.batch_size", (timing.batch_size as i64).into());
+                child.set_int("modalkit.batch_size", timing.batch_size as i64);
                 if let Some(index) = item {
-                    child.set("modalkit.item", (index as i64).into());
+                    child.set_int("modalkit.item", index as i64);
                 }
                 child.end_at(clock.wall(end));
             }
         }
-        let _ = (timing, item);
     }
 
     /// Ends the span now.
     pub(crate) fn end(&self) {
-        #[cfg(feature = "otel")]
         if let Some(recording) = &self.recording {
             recording.end_at(SystemTime::now());
         }
@@ -314,13 +276,11 @@ fn is_traceparent(text: &str) -> bool {
 }
 
 /// Maps the batcher's monotonic instants to wall-clock times.
-#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 struct Clock {
     instant: Instant,
     wall: SystemTime,
 }
 
-#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 impl Clock {
     fn now() -> Self {
         Clock {

@@ -109,7 +109,15 @@ impl Recording {
         carrier.remove(TRACEPARENT)
     }
 
-    pub(super) fn set(&self, key: &'static str, value: Value) {
+    pub(super) fn set_str(&self, key: &'static str, value: &str) {
+        self.set(key, Value::from(value.to_owned()));
+    }
+
+    pub(super) fn set_int(&self, key: &'static str, value: i64) {
+        self.set(key, Value::from(value));
+    }
+
+    fn set(&self, key: &'static str, value: Value) {
         self.context.span().set_attribute(KeyValue::new(key, value));
     }
 
