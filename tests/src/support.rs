@@ -7,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modalkit_core::settings::ConfigSources;
+use modalkit_core::settings::{
+    AppSettings, AuthConfig, BatchConfig, BuildConfig, ConfigSources, DeploymentConfig,
+    ModelSettings, QueueConfig, ServerConfig,
+};
 use modalkit_core::{InferencePipeline, Settings};
 use modalkit_queue::{InMemoryQueue, QueueBackend};
 use modalkit_server::{AppState, Server, ServerOptions, Stopped};
@@ -30,6 +33,42 @@ pub fn config_yaml(model: &str, app_extra: &str) -> String {
     format!(
         "app_settings:\n  app_prefix: e2e\n{queue}{app_extra}\nmodel_settings:\n  model_entries:\n    {model}: {{}}\n"
     )
+}
+
+/// Typed settings for echo models named `models`: app prefix `e2e`, results
+/// to the in-memory backend (modalkit's default, `sqs`, is for tests that
+/// ask for it), every other field at its default; adjust the fields before
+/// starting a server. Tests of the yaml loader itself use
+/// [`settings_from_yaml`].
+pub fn echo_settings(models: &[&str]) -> Settings {
+    Settings {
+        app_settings: AppSettings {
+            app_prefix: "e2e".to_owned(),
+            auth_config: AuthConfig::default(),
+            build_config: BuildConfig::default(),
+            deployment_config: DeploymentConfig::default(),
+            batch_config: BatchConfig::default(),
+            queue_config: QueueConfig {
+                backend: "memory".to_owned(),
+                ..QueueConfig::default()
+            },
+            server_config: ServerConfig::default(),
+        },
+        model_settings: ModelSettings {
+            model_entries: models
+                .iter()
+                .map(|name| ((*name).to_owned(), Value::Object(Default::default())))
+                .collect(),
+            ..ModelSettings::default()
+        },
+    }
+}
+
+/// [`echo_settings`] for one model, adjusted by `adjust`.
+pub fn echo_settings_with(model: &str, adjust: impl FnOnce(&mut AppSettings)) -> Settings {
+    let mut settings = echo_settings(&[model]);
+    adjust(&mut settings.app_settings);
+    settings
 }
 
 /// Loads settings from yaml text (through a real file).

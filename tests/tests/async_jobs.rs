@@ -6,9 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use modalkit_core::settings::AppSettings;
 use modalkit_server::ServerOptions;
 use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
-use modalkit_tests::support::{TestServer, client, config_yaml, post_json, settings_from_yaml};
+use modalkit_tests::support::{
+    TestServer, client, config_yaml, echo_settings, echo_settings_with, post_json,
+    settings_from_yaml,
+};
 use serde_json::{Value, json};
 
 const CANCELLED: &str = "the job was cancelled before it was computed";
@@ -69,13 +73,14 @@ async fn submit_with_key(
     (reply.status().as_u16(), reply.json().await.unwrap())
 }
 
-fn one_at_a_time() -> &'static str {
-    "  batch_config: {max_batch_size: 1, wait_ms: 0}"
+fn one_at_a_time(app: &mut AppSettings) {
+    app.batch_config.max_batch_size = 1;
+    app.batch_config.wait_ms = 0;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_cancel_withdraws_a_queued_job_and_refuses_a_running_one() {
-    let server = TestServer::start(settings_from_yaml(&config_yaml("echo", one_at_a_time()))).await;
+    let server = TestServer::start(echo_settings_with("echo", one_at_a_time)).await;
     let http = client();
     let queues = json!({"success_queue": "done", "failure_queue": "failed"});
     let envelope = |message: Value| {
@@ -143,7 +148,7 @@ async fn embedded_cancel_withdraws_a_queued_job_and_refuses_a_running_one() {
 
 #[tokio::test]
 async fn an_idempotency_key_returns_the_same_job_and_computes_once() {
-    let server = TestServer::start(settings_from_yaml(&config_yaml("echo", ""))).await;
+    let server = TestServer::start(echo_settings(&["echo"])).await;
     let http = client();
     let body = json!({"message": {"text": "once"}, "success_queue": "once"});
     let (status, first) = submit_with_key(&http, &server, "order-42", &body).await;
@@ -186,8 +191,10 @@ async fn an_idempotency_key_returns_the_same_job_and_computes_once() {
 
 #[tokio::test]
 async fn the_memory_store_forgets_a_job_after_its_ttl() {
-    let yaml = config_yaml("echo", "  server_config: {job_ttl_seconds: 1}");
-    let server = TestServer::start(settings_from_yaml(&yaml)).await;
+    let server = TestServer::start(echo_settings_with("echo", |app| {
+        app.server_config.job_ttl_seconds = 1;
+    }))
+    .await;
     let http = client();
     let id = submit(&http, &server, &json!({"message": {"text": "short-lived"}})).await;
     let record = wait_for(&http, &server, &id, &["succeeded"]).await;

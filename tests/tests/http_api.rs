@@ -5,13 +5,14 @@
 
 use std::time::Duration;
 
+use modalkit_core::settings::AppSettings;
 use modalkit_tests::support::{
-    TestServer, client, config_yaml, get_json, post_json, settings_from_yaml,
+    TestServer, client, echo_settings, echo_settings_with, get_json, post_json, settings_from_yaml,
 };
 use serde_json::{Value, json};
 
-async fn server(model: &str, app_extra: &str) -> TestServer {
-    TestServer::start(settings_from_yaml(&config_yaml(model, app_extra))).await
+async fn server(model: &str, adjust: impl FnOnce(&mut AppSettings)) -> TestServer {
+    TestServer::start(echo_settings_with(model, adjust)).await
 }
 
 /// The server's `/metrics` text.
@@ -49,7 +50,7 @@ async fn poll_job(client: &reqwest::Client, server: &TestServer, job_id: &str) -
 
 #[tokio::test]
 async fn predict_sync_returns_modalkit_output() {
-    let server = server("echo", "").await;
+    let server = server("echo", |_| {}).await;
     let (status, body) = post_json(
         &client(),
         &server.url("/predict_sync"),
@@ -73,7 +74,7 @@ async fn predict_sync_returns_modalkit_output() {
 
 #[tokio::test]
 async fn predict_sync_item_error_is_200_with_status_error_and_batch_failure_is_500() {
-    let server = server("echo-fail", "").await;
+    let server = server("echo-fail", |_| {}).await;
     let (status, body) = post_json(
         &client(),
         &server.url("/predict_sync"),
@@ -103,10 +104,10 @@ async fn predict_sync_item_error_is_200_with_status_error_and_batch_failure_is_5
 
 #[tokio::test]
 async fn predict_batch_returns_results_in_order_and_isolates_failures() {
-    let server = server(
-        "echo-batch",
-        "  batch_config: {max_batch_size: 8, wait_ms: 50}",
-    )
+    let server = server("echo-batch", |app| {
+        app.batch_config.max_batch_size = 8;
+        app.batch_config.wait_ms = 50;
+    })
     .await;
     let messages: Vec<Value> = (0..20)
         .map(|i| {
@@ -150,7 +151,7 @@ async fn predict_batch_returns_results_in_order_and_isolates_failures() {
 
 #[tokio::test]
 async fn predict_async_delivers_success_and_failure_and_tracks_the_job() {
-    let server = server("echo-async", "").await;
+    let server = server("echo-async", |_| {}).await;
     let http = client();
     let request = json!({"message": {"text": "later"}, "success_queue": "ok-q", "failure_queue": "err-q", "meta": {"trace": 42}});
     let (status, body) = post_json(&http, &server.url("/predict_async"), &request).await;
@@ -198,7 +199,7 @@ async fn predict_async_delivers_success_and_failure_and_tracks_the_job() {
 
 #[tokio::test]
 async fn health_ready_metrics_openapi_and_docs_answer() {
-    let server = server("echo-meta", "").await;
+    let server = server("echo-meta", |_| {}).await;
     let http = client();
     let health = http.get(server.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -264,7 +265,7 @@ async fn health_ready_metrics_openapi_and_docs_answer() {
 
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
-    let server = server("echo-rid", "").await;
+    let server = server("echo-rid", |_| {}).await;
     let http = client();
     let given = http
         .get(server.url("/health"))
@@ -657,10 +658,11 @@ fn bad_requests() -> Vec<Bad> {
 
 #[tokio::test]
 async fn bad_requests_get_their_exact_4xx_and_a_json_error() {
-    let server = server(
-        "echo-bad",
-        "  auth_config: {api_key: test-api-key-123}\n  server_config: {max_body_bytes: 4096, max_batch_request_items: 50}",
-    )
+    let server = server("echo-bad", |app| {
+        app.auth_config.api_key = Some("test-api-key-123".to_owned());
+        app.server_config.max_body_bytes = 4096;
+        app.server_config.max_batch_request_items = 50;
+    })
     .await;
     let http = client();
     let cases = bad_requests();
@@ -705,8 +707,7 @@ async fn bad_requests_get_their_exact_4xx_and_a_json_error() {
 
 #[tokio::test]
 async fn several_models_need_model_name() {
-    let yaml = "app_settings:\n  app_prefix: e2e\nmodel_settings:\n  model_entries:\n    alpha: {}\n    beta: {}\n";
-    let server = TestServer::start(settings_from_yaml(yaml)).await;
+    let server = TestServer::start(echo_settings(&["alpha", "beta"])).await;
     let (status, body) = post_json(
         &client(),
         &server.url("/predict_sync"),
@@ -727,10 +728,10 @@ async fn several_models_need_model_name() {
 
 #[tokio::test]
 async fn auth_leaves_health_ready_and_metrics_open() {
-    let server = server(
-        "echo-auth",
-        "  auth_config: {api_key: sekrit-key-42, auth_header: x-modal-key}",
-    )
+    let server = server("echo-auth", |app| {
+        app.auth_config.api_key = Some("sekrit-key-42".to_owned());
+        app.auth_config.auth_header = "x-modal-key".to_owned();
+    })
     .await;
     let http = client();
     for path in ["/health", "/ready", "/metrics"] {
@@ -760,10 +761,9 @@ async fn auth_leaves_health_ready_and_metrics_open() {
 
 #[tokio::test]
 async fn a_request_past_its_deadline_gets_504() {
-    let server = server(
-        "echo-slow",
-        "  server_config: {request_timeout_seconds: 0.2}",
-    )
+    let server = server("echo-slow", |app| {
+        app.server_config.request_timeout_seconds = 0.2;
+    })
     .await;
     let (status, body) = post_json(
         &client(),
@@ -777,10 +777,11 @@ async fn a_request_past_its_deadline_gets_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_returns_503_with_retry_after_while_admitted_requests_succeed() {
-    let server = server(
-        "echo-overload",
-        "  batch_config: {max_batch_size: 1, wait_ms: 0}\n  server_config: {max_queue_depth: 4}",
-    )
+    let server = server("echo-overload", |app| {
+        app.batch_config.max_batch_size = 1;
+        app.batch_config.wait_ms = 0;
+        app.server_config.max_queue_depth = 4;
+    })
     .await;
     let http = client();
     let mut requests = Vec::new();
@@ -828,10 +829,10 @@ async fn overload_returns_503_with_retry_after_while_admitted_requests_succeed()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_show_batches_larger_than_one_under_concurrent_load() {
-    let server = server(
-        "echo-load",
-        "  batch_config: {max_batch_size: 16, wait_ms: 20}",
-    )
+    let server = server("echo-load", |app| {
+        app.batch_config.max_batch_size = 16;
+        app.batch_config.wait_ms = 20;
+    })
     .await;
     let http = client();
     let requests: Vec<_> = (0..48)
@@ -877,7 +878,7 @@ async fn metrics_show_batches_larger_than_one_under_concurrent_load() {
 
 #[tokio::test]
 async fn an_input_the_pipeline_calls_invalid_is_422_alone_and_an_error_item_in_a_batch() {
-    let server = server("echo", "").await;
+    let server = server("echo", |_| {}).await;
     let client = client();
     let (status, body) = post_json(
         &client,
@@ -905,10 +906,11 @@ async fn an_input_the_pipeline_calls_invalid_is_422_alone_and_an_error_item_in_a
 #[tokio::test]
 async fn secure_deployments_leave_auth_to_modals_proxy_as_modalkit_does() {
     // modalkit: with secure: true the key is neither checked nor read from SSM.
-    let server = server(
-        "echo-secure",
-        "  auth_config: {api_key: sekrit-key-42, ssm_key: /never/read}\n  deployment_config: {secure: true}",
-    )
+    let server = server("echo-secure", |app| {
+        app.auth_config.api_key = Some("sekrit-key-42".to_owned());
+        app.auth_config.ssm_key = Some("/never/read".to_owned());
+        app.deployment_config.secure = true;
+    })
     .await;
     let (status, body) = post_json(
         &client(),
@@ -1033,10 +1035,10 @@ async fn ready_stays_503_while_the_model_warms_up_and_reports_the_phase() {
 
 #[tokio::test]
 async fn a_sync_reply_carries_its_queue_and_inference_times_and_batch_size() {
-    let server = server(
-        "echo-timing",
-        "  batch_config: {max_batch_size: 8, wait_ms: 0}",
-    )
+    let server = server("echo-timing", |app| {
+        app.batch_config.max_batch_size = 8;
+        app.batch_config.wait_ms = 0;
+    })
     .await;
     let http = client();
     let reply = http

@@ -471,25 +471,29 @@ impl Default for ServerConfig {
 
 /// `model_settings`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Validate)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
     /// Folder holding the models' files.
-    #[serde(default = "default_model_folder")]
     #[garde(skip)]
     pub local_model_repository_folder: String,
     /// Settings shared by every model.
-    #[serde(default)]
     #[garde(skip)]
     pub common: Map<String, Value>,
     /// One entry per served model, free-form for the pipeline.
     /// Empty loads with a warning (modalkit accepts it); `serve` refuses it.
-    #[serde(default)]
     #[garde(custom(model_names_are_valid))]
     pub model_entries: BTreeMap<String, Value>,
 }
 
-fn default_model_folder() -> String {
-    "./models".to_owned()
+/// The defaults of every field (the one place they are written).
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            local_model_repository_folder: "./models".to_owned(),
+            common: Map::new(),
+            model_entries: BTreeMap::new(),
+        }
+    }
 }
 
 fn model_names_are_valid(entries: &BTreeMap<String, Value>, _: &()) -> garde::Result {
