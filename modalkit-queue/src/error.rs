@@ -109,4 +109,24 @@ pub enum WebhookRefusal {
         /// The host, with its port when the URL names one.
         host: String,
     },
+    /// Its host is, or resolves to, an internal address (loopback, private,
+    /// link-local such as the cloud metadata address) and is not listed by
+    /// name: `*` does not reach inside the network.
+    #[error(
+        "webhook host '{host}' is or resolves to an internal address ({address}); list the host itself in queue_config.webhook_allowed_hosts to allow it"
+    )]
+    InternalAddress {
+        /// The host, with its port when the URL names one.
+        host: String,
+        /// The internal address.
+        address: std::net::IpAddr,
+    },
+    /// The receiver answered with a redirect. Redirects are not followed:
+    /// the allow-list applies to the URL the job names, not to where its
+    /// receiver points.
+    #[error("the receiver answered {status} (a redirect, which is not followed)")]
+    Redirect {
+        /// The status line.
+        status: String,
+    },
 }

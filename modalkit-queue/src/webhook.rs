@@ -5,8 +5,13 @@
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
 //! 429, 5xx, timeouts and connection errors are retried by [`crate::Delivery`];
 //! other answers are final (dead-lettered). Only hosts on the allow-list are
-//! called, so a request cannot make the server call arbitrary hosts.
+//! called, so a request cannot make the server call arbitrary hosts; an
+//! internal address (loopback, private, link-local) only when its host is
+//! listed by name, not through `*`, checked again on every connection so a
+//! name cannot be re-pointed inside; and redirects are never followed.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -56,6 +61,10 @@ impl WebhookSender {
         };
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(OutsideOnly {
+                allowed_hosts: config.allowed_hosts.clone(),
+            }))
             .build()
             .map_err(|err| setup(err.to_string()))?;
         Ok(WebhookSender {
@@ -66,7 +75,8 @@ impl WebhookSender {
     }
 
     /// Whether results may go to `url`: a valid http(s) URL whose host is on
-    /// the allow-list. The error says why not.
+    /// the allow-list, and not an internal address unless listed by name.
+    /// The error says why not. (A host name is resolved when it is sent.)
     pub fn check(&self, url: &str) -> Result<(), WebhookRefusal> {
         let parsed = reqwest::Url::parse(url).map_err(|source| WebhookRefusal::InvalidUrl {
             url: url.to_owned(),
@@ -77,15 +87,61 @@ impl WebhookSender {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        let allowed = self
-            .allowed_hosts
-            .iter()
-            .any(|allowed| allowed == "*" || *allowed == host || *allowed == with_port);
-        if allowed {
-            Ok(())
-        } else {
-            Err(WebhookRefusal::HostNotAllowed { host: with_port })
+        if listed(&self.allowed_hosts, host, Some(&with_port)) {
+            return Ok(());
         }
+        if !self.allowed_hosts.iter().any(|allowed| allowed == "*") {
+            return Err(WebhookRefusal::HostNotAllowed { host: with_port });
+        }
+        let literal = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        match literal {
+            Some(address) if is_internal(address) => Err(WebhookRefusal::InternalAddress {
+                host: with_port,
+                address,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A host name allowed through `*` must not resolve inside the network;
+    /// refused for good when it does. (The connection's own resolution
+    /// drops internal addresses too, so a name re-pointed in between is no
+    /// way in either.)
+    async fn check_resolved(&self, url: &str) -> Result<(), QueueError> {
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return Ok(());
+        };
+        let (Some(url::Host::Domain(name)), Some(port)) =
+            (parsed.host(), parsed.port_or_known_default())
+        else {
+            return Ok(());
+        };
+        if listed(&self.allowed_hosts, name, None) {
+            return Ok(());
+        }
+        let addresses =
+            tokio::net::lookup_host((name, port))
+                .await
+                .map_err(|err| QueueError::Unavailable {
+                    queue: url.to_owned(),
+                    message: format!("cannot resolve {name}: {err}"),
+                })?;
+        for address in addresses {
+            if is_internal(address.ip()) {
+                return Err(QueueError::Refused {
+                    queue: url.to_owned(),
+                    reason: WebhookRefusal::InternalAddress {
+                        host: format!("{name}:{port}"),
+                        address: address.ip(),
+                    },
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The signature header for a message.
@@ -112,6 +168,7 @@ impl WebhookSender {
             queue: url.to_owned(),
             reason,
         })?;
+        self.check_resolved(url).await?;
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -139,6 +196,13 @@ impl WebhookSender {
         let status = response.status();
         if status.is_success() {
             Ok(())
+        } else if status.is_redirection() {
+            Err(QueueError::Refused {
+                queue: url.to_owned(),
+                reason: WebhookRefusal::Redirect {
+                    status: status.to_string(),
+                },
+            })
         } else if status.as_u16() == 429 || status.is_server_error() {
             Err(QueueError::Unavailable {
                 queue: url.to_owned(),
@@ -150,6 +214,75 @@ impl WebhookSender {
                 message: format!("the receiver answered {status}"),
             })
         }
+    }
+}
+
+/// Whether `host` (or `host:port`, when given) is on the allow-list by
+/// name, not only through `*`. Without a port, any entry for the host
+/// counts.
+fn listed(allowed_hosts: &[String], host: &str, with_port: Option<&str>) -> bool {
+    allowed_hosts.iter().any(|allowed| match with_port {
+        Some(with_port) => allowed == host || allowed == with_port,
+        None => {
+            allowed == host
+                || allowed
+                    .strip_prefix(host)
+                    .is_some_and(|rest| rest.starts_with(':'))
+        }
+    })
+}
+
+/// Addresses inside the network: loopback, private (RFC 1918, unique
+/// local), link-local (169.254.0.0/16: the cloud metadata address; fe80::/10),
+/// carrier-grade NAT, unspecified, broadcast and multicast, and IPv4 ones
+/// written as IPv6.
+fn is_internal(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(ip) => {
+            let [first, second, ..] = ip.octets();
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_multicast()
+                || first == 0
+                || (first == 100 && (second & 0xc0) == 64)
+        }
+        IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// The webhook client's name resolution: a host not listed by name gets
+/// only its addresses outside the network.
+struct OutsideOnly {
+    allowed_hosts: Vec<String>,
+}
+
+impl reqwest::dns::Resolve for OutsideOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let keep_internal = listed(&self.allowed_hosts, &host, None);
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|address| keep_internal || !is_internal(address.ip()))
+                .collect();
+            if resolved.is_empty() {
+                return Err(format!("{host} resolves only to internal addresses").into());
+            }
+            Ok(Box::new(resolved.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -195,5 +328,62 @@ mod tests {
             pinned.signature("id", 1, "{}").is_none(),
             "no secret: unsigned"
         );
+    }
+
+    #[test]
+    fn internal_addresses_are_told_apart_from_public_ones() {
+        for internal in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["8.8.8.8", "1.1.1.1", "100.128.0.1", "2606:4700::1111"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_does_not_reach_internal_addresses_a_listing_does() {
+        let any = WebhookSender::new(&WebhookConfig {
+            secret: None,
+            allowed_hosts: vec!["*".to_owned()],
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        assert!(any.check("https://hooks.example.com/x").is_ok());
+        for internal in [
+            "http://127.0.0.1:8080/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/x",
+        ] {
+            assert!(
+                matches!(
+                    any.check(internal),
+                    Err(WebhookRefusal::InternalAddress { .. })
+                ),
+                "{internal}"
+            );
+        }
+        let listed_loopback = WebhookSender::new(&WebhookConfig {
+            secret: None,
+            allowed_hosts: vec!["*".to_owned(), "127.0.0.1:8080".to_owned()],
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        assert!(listed_loopback.check("http://127.0.0.1:8080/x").is_ok());
+        assert!(listed_loopback.check("http://127.0.0.1:9090/x").is_err());
+        assert!(listed(&["localhost:8080".to_owned()], "localhost", None));
+        assert!(!listed(&["localhostile".to_owned()], "localhost", None));
     }
 }

@@ -2,7 +2,8 @@
 //! body is the queue message's bytes, signed per Standard Webhooks (checked
 //! here with an independent HMAC), retried after a 503 with the same
 //! `webhook-id`, dead-lettered after a 4xx; hosts off the allow-list are
-//! refused at submit.
+//! refused at submit; a redirect is never followed; internal addresses are
+//! reached only when listed by name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -157,5 +159,188 @@ async fn results_are_signed_posts_retried_after_503_and_dead_lettered_after_4xx(
             .contains("webhook_allowed_hosts"),
         "{reply}"
     );
+    server.shutdown().await;
+}
+
+/// A receiver that counts the POSTs it gets and answers each with `answer`.
+async fn counting_receiver(
+    bind: &str,
+    answer: impl Fn() -> axum::response::Response + Clone + Send + Sync + 'static,
+) -> (std::net::SocketAddr, Arc<Mutex<usize>>) {
+    let hits = Arc::new(Mutex::new(0usize));
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let counter = Arc::clone(&hits);
+    let app = Router::new().route(
+        "/{*path}",
+        post(move || {
+            let counter = Arc::clone(&counter);
+            let answer = answer.clone();
+            async move {
+                *counter.lock().unwrap() += 1;
+                answer()
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (address, hits)
+}
+
+/// Waits until the dead-letter file holds a record, and returns it.
+async fn dead_letter(path: &std::path::Path) -> Value {
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Some(line) = text.lines().next()
+        {
+            return serde_json::from_str(line).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing was dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn hooks_yaml(allowed: &str, dead_letters: &std::path::Path) -> String {
+    format!(
+        "app_settings:\n  app_prefix: hooks\n  batch_config: {{max_batch_size: 1, wait_ms: 0}}\n  queue_config:\n    backend: memory\n    webhook_allowed_hosts: {allowed}\n    initial_backoff_ms: 20\n    max_attempts: 3\n    dead_letter_path: '{}'\nmodel_settings:\n  model_entries:\n    echo: {{}}\n",
+        dead_letters.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_off_the_allow_list_is_not_followed() {
+    // B (127.0.0.2, not listed) would receive the result if the server
+    // followed A's redirect; A (listed) answers every POST with a 307 to B.
+    let (elsewhere, elsewhere_hits) =
+        counting_receiver("127.0.0.2:0", || StatusCode::OK.into_response()).await;
+    let target = format!("http://{elsewhere}/stolen");
+    let (allowed, allowed_hits) = counting_receiver("127.0.0.1:0", move || {
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, target.clone())],
+        )
+            .into_response()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let server = TestServer::start(settings_from_yaml(&hooks_yaml(
+        &format!("['{allowed}']"),
+        &dead,
+    )))
+    .await;
+    let http = client();
+    // Straight to B: refused at submit.
+    let (status, body) = post_json(
+        &http,
+        &server.url("/predict_async"),
+        &json!({"message": {"text": "x"}, "success_queue": format!("http://{elsewhere}/direct")}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    // Through A's redirect: accepted, never delivered to B.
+    let (status, body) = post_json(
+        &http,
+        &server.url("/predict_async"),
+        &json!({"message": {"text": "secret output"}, "success_queue": format!("http://{allowed}/hook")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let record = dead_letter(&dead).await;
+    assert_eq!(
+        *elsewhere_hits.lock().unwrap(),
+        0,
+        "the redirect was followed"
+    );
+    assert_eq!(
+        *allowed_hits.lock().unwrap(),
+        1,
+        "a redirect is final, not retried"
+    );
+    assert!(
+        record["error"].as_str().unwrap().contains("redirect"),
+        "{record}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_addresses_need_an_explicit_listing() {
+    let (receiver, hits) =
+        counting_receiver("127.0.0.1:0", || StatusCode::OK.into_response()).await;
+    let port = receiver.port();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    // `*` allows any public host, not loopback, private or link-local ones.
+    let server = TestServer::start(settings_from_yaml(&hooks_yaml("['*']", &dead))).await;
+    let http = client();
+    for internal in [
+        format!("http://127.0.0.1:{port}/hook"),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "http://10.1.2.3/hook".to_owned(),
+        "http://[::1]:9/hook".to_owned(),
+    ] {
+        let (status, body) = post_json(
+            &http,
+            &server.url("/predict_async"),
+            &json!({"message": {"text": "x"}, "success_queue": internal}),
+        )
+        .await;
+        assert_eq!(status, 422, "{internal}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("internal address"),
+            "{body}"
+        );
+    }
+    // A name that resolves to loopback: refused when it is sent, and
+    // dead-lettered, never POSTed.
+    let (status, body) = post_json(
+        &http,
+        &server.url("/predict_async"),
+        &json!({"message": {"text": "x"}, "success_queue": format!("http://localhost:{port}/hook")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let record = dead_letter(&dead).await;
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("internal address"),
+        "{record}"
+    );
+    assert_eq!(*hits.lock().unwrap(), 0);
+    server.shutdown().await;
+
+    // Listed explicitly, the same loopback receiver is called.
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let server = TestServer::start(settings_from_yaml(&hooks_yaml(
+        &format!("['localhost:{port}']"),
+        &dead,
+    )))
+    .await;
+    let (status, body) = post_json(
+        &http,
+        &server.url("/predict_async"),
+        &json!({"message": {"text": "x"}, "success_queue": format!("http://localhost:{port}/hook")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    while *hits.lock().unwrap() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!dead.exists(), "nothing dead-lettered");
     server.shutdown().await;
 }
