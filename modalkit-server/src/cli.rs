@@ -113,9 +113,14 @@ pub fn run_with_routes<P: InferencePipeline>(
                 .keys()
                 .cloned()
                 .collect();
+            // The key itself may live in SSM: what the settings name decides.
+            let auth = &settings.app_settings.auth_config;
+            let keyed = !settings.app_settings.deployment_config.secure
+                && (auth.api_key.is_some() || auth.ssm_key.is_some());
             let doc = crate::openapi::document::<P>(
                 &modalkit_core::settings::app_name_from_env(&settings),
                 &names,
+                keyed.then_some(auth.auth_header.as_str()),
             );
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             ExitCode::SUCCESS

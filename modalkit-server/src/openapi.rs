@@ -9,8 +9,47 @@ use serde_json::{Value, json};
 
 use crate::async_jobs::record::JobRecord;
 
-/// Builds the document for a server of pipeline `P` serving `models`.
-pub(crate) fn document<P: InferencePipeline>(title: &str, models: &[String]) -> Value {
+/// Builds the document for a server of pipeline `P` serving `models`, whose
+/// API key (if any) is checked in header `auth_header`: with none, no
+/// operation declares a security requirement or a 401.
+pub(crate) fn document<P: InferencePipeline>(
+    title: &str,
+    models: &[String],
+    auth_header: Option<&str>,
+) -> Value {
+    let mut doc = full_document::<P>(title, models, auth_header.unwrap_or("x-api-key"));
+    if auth_header.is_none() {
+        without_auth(&mut doc);
+    }
+    doc
+}
+
+/// Takes the security requirements, the 401 answers and the scheme out of a
+/// document, for a server that checks no key.
+fn without_auth(doc: &mut Value) {
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for operation in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|path| path.values_mut())
+        {
+            if let Some(operation) = operation.as_object_mut() {
+                operation.remove("security");
+                if let Some(responses) = operation
+                    .get_mut("responses")
+                    .and_then(Value::as_object_mut)
+                {
+                    responses.remove("401");
+                }
+            }
+        }
+    }
+    if let Some(components) = doc["components"].as_object_mut() {
+        components.remove("securitySchemes");
+    }
+}
+
+fn full_document<P: InferencePipeline>(title: &str, models: &[String], auth_header: &str) -> Value {
     let mut settings = SchemaSettings::draft2020_12();
     settings.definitions_path = "/components/schemas".into();
     let mut generator = settings.into_generator();
@@ -99,8 +138,8 @@ pub(crate) fn document<P: InferencePipeline>(title: &str, models: &[String]) -> 
         },
         "components": {
             "schemas": components,
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
-                "description": "Required only when auth_config.api_key or ssm_key is set; the header is auth_config.auth_header."}}
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": auth_header,
+                "description": "The API key of auth_config.api_key or ssm_key, in auth_config.auth_header."}}
         }
     })
 }

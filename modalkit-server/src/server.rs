@@ -163,7 +163,10 @@ impl<P: InferencePipeline> Server<P> {
             )
             .with_tracer(tracer.clone()),
         );
-        let openapi = crate::openapi::document::<P>(&app_name, &model_names);
+        let auth_header = api_key
+            .as_ref()
+            .map(|_| settings.app_settings.auth_config.auth_header.as_str());
+        let openapi = crate::openapi::document::<P>(&app_name, &model_names, auth_header);
         let state = Arc::new(AppState {
             models,
             model_names,

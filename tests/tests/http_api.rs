@@ -240,6 +240,11 @@ async fn health_ready_metrics_openapi_and_docs_answer() {
 
     let doc: Value = get_json(&http, &server.url("/openapi.json")).await;
     assert_eq!(doc["openapi"], "3.1.0");
+    // No key is configured: the document asks for none.
+    let text = doc.to_string();
+    assert!(!text.contains("securitySchemes"), "{text}");
+    assert!(!text.contains("\"security\""), "{text}");
+    assert!(doc["paths"]["/predict_sync"]["post"]["responses"]["401"].is_null());
     for path in [
         "/predict_sync",
         "/predict_batch",
@@ -757,6 +762,18 @@ async fn auth_leaves_health_ready_and_metrics_open() {
         .await
         .unwrap();
     assert_eq!(wrong_header.status(), 401);
+    // The document names the configured header and asks for it where the
+    // server checks it.
+    let doc: Value = get_json(&http, &server.url("/openapi.json")).await;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["apiKey"]["name"],
+        "x-modal-key"
+    );
+    assert_eq!(
+        doc["paths"]["/predict_sync"]["post"]["security"],
+        json!([{"apiKey": []}])
+    );
+    assert!(doc["paths"]["/health"]["get"]["security"].is_null());
 }
 
 #[tokio::test]
