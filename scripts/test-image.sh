@@ -177,6 +177,12 @@ test_repo() {
 }
 
 test_project() {
+  # Known to fail (first run, this round): cargo-chef's recipe carries only
+  # the project's own workspace manifests, so `cargo chef cook` cannot read
+  # the checkout copied in below as a path dependency. A project that
+  # depends on the published crates does not meet this; until they are
+  # published, the stand-in should be a local registry of the packed
+  # .crate files (scripts/package.sh) with source replacement.
   # A project made by `modalkit new`, with this checkout copied inside it
   # (the image's context holds only the project folder) and the workspace's
   # lock file.
