@@ -203,6 +203,17 @@ async fn dead_letter(path: &std::path::Path) -> Value {
     }
 }
 
+/// Submits an async job whose result goes to `success_queue`.
+async fn submit(
+    http: &reqwest::Client,
+    server: &TestServer,
+    text: &str,
+    success_queue: impl Into<String>,
+) -> (u16, Value) {
+    let body = json!({"message": {"text": text}, "success_queue": success_queue.into()});
+    post_json(http, &server.url("/predict_async"), &body).await
+}
+
 fn hooks_yaml(allowed: &str, dead_letters: &std::path::Path) -> String {
     format!(
         "app_settings:\n  app_prefix: hooks\n  batch_config: {{max_batch_size: 1, wait_ms: 0}}\n  queue_config:\n    backend: memory\n    webhook_allowed_hosts: {allowed}\n    initial_backoff_ms: 20\n    max_attempts: 3\n    dead_letter_path: '{}'\nmodel_settings:\n  model_entries:\n    echo: {{}}\n",
@@ -234,18 +245,14 @@ async fn a_redirect_off_the_allow_list_is_not_followed() {
     .await;
     let http = client();
     // Straight to B: refused at submit.
-    let (status, body) = post_json(
-        &http,
-        &server.url("/predict_async"),
-        &json!({"message": {"text": "x"}, "success_queue": format!("http://{elsewhere}/direct")}),
-    )
-    .await;
+    let (status, body) = submit(&http, &server, "x", format!("http://{elsewhere}/direct")).await;
     assert_eq!(status, 422, "{body}");
     // Through A's redirect: accepted, never delivered to B.
-    let (status, body) = post_json(
+    let (status, body) = submit(
         &http,
-        &server.url("/predict_async"),
-        &json!({"message": {"text": "secret output"}, "success_queue": format!("http://{allowed}/hook")}),
+        &server,
+        "secret output",
+        format!("http://{allowed}/hook"),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -283,12 +290,7 @@ async fn internal_addresses_need_an_explicit_listing() {
         "http://10.1.2.3/hook".to_owned(),
         "http://[::1]:9/hook".to_owned(),
     ] {
-        let (status, body) = post_json(
-            &http,
-            &server.url("/predict_async"),
-            &json!({"message": {"text": "x"}, "success_queue": internal}),
-        )
-        .await;
+        let (status, body) = submit(&http, &server, "x", internal.clone()).await;
         assert_eq!(status, 422, "{internal}: {body}");
         assert!(
             body["error"]["message"]
@@ -300,12 +302,7 @@ async fn internal_addresses_need_an_explicit_listing() {
     }
     // A name that resolves to loopback: refused when it is sent, and
     // dead-lettered, never POSTed.
-    let (status, body) = post_json(
-        &http,
-        &server.url("/predict_async"),
-        &json!({"message": {"text": "x"}, "success_queue": format!("http://localhost:{port}/hook")}),
-    )
-    .await;
+    let (status, body) = submit(&http, &server, "x", format!("http://localhost:{port}/hook")).await;
     assert_eq!(status, 200, "{body}");
     let record = dead_letter(&dead).await;
     assert!(
@@ -326,12 +323,7 @@ async fn internal_addresses_need_an_explicit_listing() {
         &dead,
     )))
     .await;
-    let (status, body) = post_json(
-        &http,
-        &server.url("/predict_async"),
-        &json!({"message": {"text": "x"}, "success_queue": format!("http://localhost:{port}/hook")}),
-    )
-    .await;
+    let (status, body) = submit(&http, &server, "x", format!("http://localhost:{port}/hook")).await;
     assert_eq!(status, 200, "{body}");
     let started = Instant::now();
     while *hits.lock().unwrap() == 0 {
