@@ -19,7 +19,8 @@
 # `buildah bud --isolation chroot --layers` (podman's OCI runtime cannot set
 # rlimits here); the layer cache is what makes the rebuild fast.
 #
-# Usage: scripts/test-image.sh [repo|project|all]   (default all)
+# Usage: scripts/test-image.sh [repo|project|all|bases]   (default all;
+#        bases: only make the base images)
 # Env:   COLD=1   build the repo image without the layer cache (cold time)
 # Log:   target/image-test/log.txt
 set -euo pipefail
@@ -97,7 +98,7 @@ build() {
   shift 3
   local started=$SECONDS
   buildah bud --isolation chroot --layers -q -f "$dockerfile" \
-    --build-arg RUST_IMAGE="$rust_base" --build-arg RUNTIME_IMAGE="$debian_base" \
+    --build-arg RUST_IMAGE="${build_rust_image:-$rust_base}" --build-arg RUNTIME_IMAGE="$debian_base" \
     -t "$tag" "$@" "$context" >>"$work/build.log" 2>&1 || {
       tail -n 40 "$work/build.log" >&2
       echo "image-test: build of $tag failed (log: $work/build.log)" >&2
@@ -176,27 +177,54 @@ test_repo() {
   run_image localhost/modalkit-translate:test translate '{"text": "hello image"}' '"translated_text":"HELLO IMAGE"'
 }
 
+# The packed crates standing in for crates.io: until they are published, a
+# project that depends on `modalkit-rs = "0.1"` cannot resolve it from the
+# registry. scripts/package.sh packs them exactly as `cargo publish` would
+# upload them; they are unpacked into a layer on the Rust base image and named
+# in its Cargo config as [patch.crates-io], so the project, its Dockerfile
+# and its lock file stay as a user's, and every other crate still comes from
+# crates.io. Sets $crates_base (the image) and $patch_config (the same patch
+# for cargo on this machine, pointing at the unpacked copies here).
+make_crates_base() {
+  scripts/package.sh --no-verify >>"$work/build.log" 2>&1
+  local unpacked=$work/local-crates
+  rm -rf "$unpacked" && mkdir -p "$unpacked"
+  local host_config=$work/local-crates.toml image_config=$work/image-cargo-config.toml
+  echo "[patch.crates-io]" >"$host_config"
+  echo "[patch.crates-io]" >"$image_config"
+  local crate base name
+  for crate in target/package/*.crate; do
+    base=$(basename "$crate" .crate)
+    name=$(sed -E 's/-[0-9]+\.[0-9]+\.[0-9]+.*$//' <<<"$base")
+    tar -C "$unpacked" -xzf "$crate"
+    echo "$name = { path = \"$unpacked/$base\" }" >>"$host_config"
+    echo "$name = { path = \"/opt/modalkit-crates/$base\" }" >>"$image_config"
+  done
+  crates_base=localhost/modalkit-base-rust-local-crates:test
+  local ctr
+  ctr=$(buildah from "$rust_base")
+  buildah copy "$ctr" "$unpacked" /opt/modalkit-crates >/dev/null
+  buildah copy "$ctr" "$image_config" /usr/local/cargo/config.toml >/dev/null
+  buildah commit -q "$ctr" "$crates_base" >/dev/null
+  buildah rm "$ctr" >/dev/null
+  patch_config=$host_config
+  say "crates.io stand-in: $(ls target/package/*.crate | xargs -n1 basename | tr '\n' ' ')"
+}
+
 test_project() {
-  # Known to fail (first run, this round): cargo-chef's recipe carries only
-  # the project's own workspace manifests, so `cargo chef cook` cannot read
-  # the checkout copied in below as a path dependency. A project that
-  # depends on the published crates does not meet this; until they are
-  # published, the stand-in should be a local registry of the packed
-  # .crate files (scripts/package.sh) with source replacement.
-  # A project made by `modalkit new`, with this checkout copied inside it
-  # (the image's context holds only the project folder) and the workspace's
-  # lock file.
+  make_crates_base
+  # A project made by `modalkit new` as a user makes it: it depends on the
+  # registry's modalkit-rs. Its lock file is the workspace's, adjusted by
+  # cargo to the project (the dependency versions this checkout tested).
   local project=$work/review-model
   rm -rf "$project"
-  cargo run -q --locked -p modalkit-rs --bin modalkit -- new "$project" --modalkit-path "$root" >/dev/null
-  copy_tree "$project/modalkit-rs"
-  sed -i 's|^modalkit-rs = { path = .* }|modalkit-rs = { path = "modalkit-rs/modalkit" }|' "$project/Cargo.toml"
-  # A path dependency inside a workspace's folder would join that workspace;
-  # the copy keeps its own.
-  sed -i 's|^\[workspace\]$|[workspace]\nexclude = ["modalkit-rs"]|' "$project/Cargo.toml"
+  cargo run -q --locked -p modalkit-rs --bin modalkit -- new "$project" >/dev/null
+  grep -q '^modalkit-rs = "' "$project/Cargo.toml" \
+    || { echo "image-test: the project does not depend on the registry's modalkit-rs" >&2; exit 1; }
   cp Cargo.lock "$project/Cargo.lock"
+  (cd "$project" && cargo metadata --format-version 1 --config "$patch_config" >/dev/null)
   local took
-  took=$(build "$project" "$project/Dockerfile" localhost/modalkit-review-model:test)
+  took=$(build_rust_image=$crates_base build "$project" "$project/Dockerfile" localhost/modalkit-review-model:test)
   say "modalkit new project image: built in ${took}s, size $(size_of localhost/modalkit-review-model:test)"
   run_image localhost/modalkit-review-model:test review-model \
     '{"text": "a fine review of at least fifty characters, for sure"}' '"label":"positive"'
@@ -208,6 +236,7 @@ case "$what" in
   repo) test_repo ;;
   project) test_project ;;
   all) test_repo; test_project ;;
-  *) echo "usage: scripts/test-image.sh [repo|project|all]" >&2; exit 2 ;;
+  bases) ;;
+  *) echo "usage: scripts/test-image.sh [repo|project|all|bases]" >&2; exit 2 ;;
 esac
 say "OK"
