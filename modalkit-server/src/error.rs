@@ -46,6 +46,14 @@ pub(crate) enum ApiError {
     /// The body is larger than `max_body_bytes`.
     #[error("request body exceeds the limit of {0} bytes")]
     BodyTooLarge(usize),
+    /// The body did not arrive within `body_read_timeout_seconds` of the
+    /// request head; the connection is closed after the reply.
+    #[error("the request body did not arrive within {0}s of its head")]
+    BodyReadTimeout(f64),
+    /// The connection cap (`max_connections`) is reached; answered on the
+    /// raw connection, which is then closed.
+    #[error("too many open connections (limit {0}); retry shortly")]
+    TooManyConnections(usize),
     /// A `/predict_batch` array is longer than allowed.
     #[error("batch of {got} messages exceeds the limit of {limit}")]
     TooManyItems {
@@ -159,6 +167,8 @@ impl ApiError {
             JobConflict { .. } => StatusCode::CONFLICT,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTooLarge(_) | TooManyItems { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             UnknownModel(..) | JobNotFound(_) | NotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -183,6 +193,8 @@ impl ApiError {
             UnsupportedMediaType(_) => "unsupported_media_type",
             BodyTooLarge(_) => "body_too_large",
             TooManyItems { .. } => "too_many_items",
+            BodyReadTimeout(_) => "body_read_timeout",
+            TooManyConnections(_) => "too_many_connections",
             UnknownModel(..) => "unknown_model",
             ModelRequired(_) => "model_required",
             InvalidQuery(_) => "invalid_query",
@@ -223,6 +235,8 @@ impl ApiError {
             }
             ApiError::TooManyItems { got, limit } => json!({ "got": got, "limit": limit }),
             ApiError::BodyTooLarge(limit) => json!({ "limit_bytes": limit }),
+            ApiError::BodyReadTimeout(seconds) => json!({ "timeout_seconds": seconds }),
+            ApiError::TooManyConnections(limit) => json!({ "limit": limit }),
             ApiError::JobConflict { job_id, status } => {
                 json!({ "job_id": job_id, "status": status })
             }
@@ -278,15 +292,46 @@ impl From<JobError> for ApiError {
     }
 }
 
+impl ApiError {
+    fn body(&self) -> Value {
+        json!({ "error": { "code": self.code(), "message": self.to_string(), "details": self.details() } })
+    }
+
+    /// The whole HTTP/1.1 reply as bytes, for a connection answered before
+    /// hyper serves it (past the connection cap); it asks for the close.
+    pub(crate) fn raw_reply(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body().to_string();
+        let retry = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "retry-after: 1\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{retry}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string(), "details": self.details() } });
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (status, Json(self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::BodyReadTimeout(_)) {
+            // The rest of the body may still come: no next request can be
+            // read on this connection.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status.is_server_error() {
             tracing::warn!(code = self.code(), error = %self, "request failed");

@@ -43,6 +43,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .map_err(|rejection| {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::BodyTooLarge(limit)
+                } else if let Some(after) = crate::connections::body_timeout_in(&rejection) {
+                    ApiError::BodyReadTimeout(after.as_secs_f64())
                 } else {
                     ApiError::InvalidJson(format!("could not read the request body: {rejection}"))
                 }

@@ -20,6 +20,7 @@ mod async_jobs;
 mod auth;
 mod aws;
 mod cli;
+mod connections;
 mod error;
 mod extract;
 mod features;

@@ -18,6 +18,7 @@ use crate::async_jobs::store::{JobStore, StoreError};
 use crate::async_jobs::{AsyncJobs, JobIntake};
 use crate::auth::ApiKey;
 use crate::aws::{Aws, DurableIntake};
+use crate::connections::{self, ConnectionLimits};
 use crate::lifecycle::{drain, reload_on_sighup, wait_for_stop, warm_up};
 use crate::startup;
 use crate::state::{AppState, Limits, StartupTimes};
@@ -256,7 +257,7 @@ impl<P: InferencePipeline> Server<P> {
     ) -> Result<Stopped, ServerError> {
         let address: Option<SocketAddr> = listener.local_addr().ok();
         tracing::info!(?address, models = ?self.state.model_names, "serving");
-        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(self.service());
+        let service = self.service();
         let state = Arc::clone(&self.state);
         let server_config = &self.settings.app_settings.server_config;
         let grace = Duration::from_secs_f64(server_config.shutdown_grace_seconds);
@@ -267,16 +268,13 @@ impl<P: InferencePipeline> Server<P> {
         if warmups.is_empty() {
             state.warmed_up(0.0);
         }
+        let limits = ConnectionLimits::new(server_config);
         let (stop_http, mut http_stopped) = watch::channel(false);
         let http = tokio::spawn(async move {
-            let result = axum::serve(listener, service)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopped.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(err) = result {
-                tracing::error!(%err, "HTTP server failed");
-            }
+            connections::serve(listener, service, limits, async move {
+                let _ = http_stopped.wait_for(|stop| *stop).await;
+            })
+            .await;
         });
 
         let consumer = match &self.durable {

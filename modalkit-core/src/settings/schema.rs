@@ -445,6 +445,27 @@ pub struct ServerConfig {
     /// Origins allowed by CORS; empty: no CORS headers.
     #[garde(skip)]
     pub cors_allow_origins: Vec<String>,
+    /// A connection must send a whole request head (request line and
+    /// headers) within this many seconds of its first byte, and its first
+    /// byte within this many seconds of being accepted; else it is closed.
+    /// Frees what half-open (slowloris) connections hold.
+    #[garde(range(min = 0.001, max = 3_600.0))]
+    pub header_read_timeout_seconds: f64,
+    /// A request's whole body must arrive within this many seconds of its
+    /// head; else 408 and the connection is closed.
+    #[garde(range(min = 0.001, max = 86_400.0))]
+    pub body_read_timeout_seconds: f64,
+    /// A keep-alive connection with no request for this many seconds is
+    /// closed. Longer than the 60 s idle timeout of common load balancers,
+    /// so the server never closes a connection a proxy is about to reuse.
+    #[garde(range(min = 0.001, max = 86_400.0))]
+    pub idle_timeout_seconds: f64,
+    /// Most connections open at once; past it a new connection gets 503
+    /// with `Retry-After` and is closed. Capped further by the process's
+    /// file-descriptor limit (raised to its hard limit at start), less a
+    /// reserve for the models' files and the queue clients.
+    #[garde(range(min = 1, max = 10_000_000))]
+    pub max_connections: usize,
 }
 
 /// The defaults of every field (the one place they are written: a field
@@ -465,6 +486,10 @@ impl Default for ServerConfig {
             job_ttl_seconds: 3_600,
             max_jobs: 100_000,
             cors_allow_origins: Vec::new(),
+            header_read_timeout_seconds: 10.0,
+            body_read_timeout_seconds: 60.0,
+            idle_timeout_seconds: 75.0,
+            max_connections: 4_096,
         }
     }
 }
