@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::Credentials;
+use serde_json::Value;
 
 use crate::support::free_port;
 
@@ -220,4 +221,55 @@ pub async fn collect_messages(
         }
     }
     bodies
+}
+
+/// Every message in `queue` (read until it stays empty), as
+/// (job id attribute, body), deleting what it read.
+pub async fn drain_labelled(client: &aws_sdk_sqs::Client, queue: &str) -> Vec<(String, Value)> {
+    let url = client
+        .get_queue_url()
+        .queue_name(queue)
+        .send()
+        .await
+        .expect("moto answers")
+        .queue_url()
+        .expect("moto answers")
+        .to_owned();
+    let mut messages = Vec::new();
+    let mut empty_polls = 0;
+    while empty_polls < 2 {
+        let received = client
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("moto answers");
+        if received.messages().is_empty() {
+            empty_polls += 1;
+            continue;
+        }
+        empty_polls = 0;
+        for message in received.messages() {
+            let job_id = message
+                .message_attributes()
+                .and_then(|a| a.get("job_id"))
+                .and_then(|v| v.string_value())
+                .unwrap_or_default()
+                .to_owned();
+            let body: Value =
+                serde_json::from_str(message.body().expect("moto answers")).expect("moto answers");
+            messages.push((job_id, body));
+            client
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(message.receipt_handle().expect("moto answers"))
+                .send()
+                .await
+                .expect("moto answers");
+        }
+    }
+    messages
 }

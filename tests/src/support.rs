@@ -383,3 +383,11 @@ pub fn client_python() -> PathBuf {
     );
     python
 }
+
+/// Keeps `text` for the CI log: scripts/test.sh prints every file of
+/// target/test-reports/ after the tests.
+pub fn write_report(name: &str, text: &str) {
+    let reports = crate::model::workspace_root().join("target/test-reports");
+    std::fs::create_dir_all(&reports).expect("reports folder");
+    std::fs::write(reports.join(name), format!("{}\n", text.trim_end())).expect("report written");
+}

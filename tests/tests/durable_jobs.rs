@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modalkit_tests::moto::{Moto, unique_queue};
-use modalkit_tests::support::{ServerProcess, client};
+use modalkit_tests::moto::{Moto, drain_labelled, unique_queue};
+use modalkit_tests::support::{ServerProcess, client, write_report};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -32,56 +32,6 @@ fn config(dir: &Path, input_queue: &str, table: &str) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-/// Every message in `queue` (read until it stays empty), as
-/// (job id attribute, body), deleting what it read.
-async fn drain_queue(client: &aws_sdk_sqs::Client, queue: &str) -> Vec<(String, Value)> {
-    let url = client
-        .get_queue_url()
-        .queue_name(queue)
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let mut messages = Vec::new();
-    let mut empty_polls = 0;
-    while empty_polls < 2 {
-        let received = client
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .unwrap();
-        if received.messages().is_empty() {
-            empty_polls += 1;
-            continue;
-        }
-        empty_polls = 0;
-        for message in received.messages() {
-            let job_id = message
-                .message_attributes()
-                .and_then(|a| a.get("job_id"))
-                .and_then(|v| v.string_value())
-                .unwrap_or_default()
-                .to_owned();
-            let body: Value = serde_json::from_str(message.body().unwrap()).unwrap();
-            messages.push((job_id, body));
-            client
-                .delete_message()
-                .queue_url(&url)
-                .receipt_handle(message.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
-    messages
 }
 
 /// Messages received by a consumer and not yet deleted.
@@ -246,8 +196,8 @@ async fn three_hundred_jobs_survive_a_killed_process_and_are_visible_from_both()
     let recovered_after = killed_at.elapsed();
 
     // Each job's result is in the queue its outcome names, labelled with its id.
-    let delivered_ok = drain_queue(&sqs, &success).await;
-    let delivered_err = drain_queue(&sqs, &failure).await;
+    let delivered_ok = drain_labelled(&sqs, &success).await;
+    let delivered_err = drain_labelled(&sqs, &failure).await;
     let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
     let mut unanswered = 0;
     for (job_id, body) in delivered_ok.iter().chain(&delivered_err) {
@@ -319,8 +269,5 @@ async fn three_hundred_jobs_survive_a_killed_process_and_are_visible_from_both()
     );
 
     println!("{report}");
-    // Kept for the CI log: scripts/test.sh prints it after the tests.
-    let reports = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-reports");
-    std::fs::create_dir_all(&reports).unwrap();
-    std::fs::write(reports.join("durable-kill.txt"), format!("{report}\n")).unwrap();
+    write_report("durable-kill.txt", &report);
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use modalkit_core::settings::{ConfigSources, Settings};
 use modalkit_tests::oracle::oracle;
-use modalkit_tests::support::{TestServer, client, settings_from_yaml};
+use modalkit_tests::support::{TestServer, client, settings_from_yaml, write_report};
 use serde_json::{Value, json};
 
 fn workspace() -> PathBuf {
@@ -350,8 +350,6 @@ async fn settings_and_wire_bytes_match_modalkit_0_2_0() {
         ours.len(),
     );
     println!("{report}");
-    let reports = workspace().join("target/test-reports");
-    std::fs::create_dir_all(&reports).unwrap();
-    std::fs::write(reports.join("modalkit-compat.txt"), format!("{report}\n")).unwrap();
+    write_report("modalkit-compat.txt", &report);
     assert!(problems.is_empty(), "{report}\n{}", problems.join("\n"));
 }

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use modalkit_tests::moto::{Moto, unique_queue};
-use modalkit_tests::support::{ServerProcess, client, free_port};
+use modalkit_tests::support::{ServerProcess, client, free_port, write_report};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
@@ -361,9 +361,7 @@ async fn requests_and_embedded_jobs_export_their_span_trees() {
         hooks.lock().unwrap()[0]
     ));
     println!("{report}");
-    let reports = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-reports");
-    std::fs::create_dir_all(&reports).unwrap();
-    std::fs::write(reports.join("tracing.txt"), report).unwrap();
+    write_report("tracing.txt", &report);
 }
 
 fn collected_all(spans: &Spans) -> Vec<Span> {
