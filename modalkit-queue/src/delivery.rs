@@ -205,20 +205,29 @@ impl Delivery {
     /// delivery), a queue name when the backend is compiled in, or a
     /// webhook URL this server may call. The error says why not:
     /// [`QueueError::NotCompiled`] names the Cargo feature the binary lacks,
-    /// [`QueueError::Rejected`] a URL that is malformed or off the
-    /// allow-list.
+    /// [`QueueError::Refused`] a URL that is malformed or off the
+    /// allow-list, [`QueueError::Rejected`] a name the SQS backend would
+    /// refuse.
     pub fn check_destination(&self, queue: &str) -> Result<(), QueueError> {
         if queue.is_empty() {
             return Ok(());
         }
         if !is_webhook(queue) {
-            return match self.backend_missing_feature {
-                Some(feature) => Err(QueueError::NotCompiled {
+            if let Some(feature) = self.backend_missing_feature {
+                return Err(QueueError::NotCompiled {
                     backend: self.backend.name().to_owned(),
                     feature: feature.to_owned(),
-                }),
-                None => Ok(()),
-            };
+                });
+            }
+            if self.backend.name() == "sqs"
+                && let Some(problem) = crate::sqs_names::sqs_queue_name_problem(queue)
+            {
+                return Err(QueueError::Rejected {
+                    queue: queue.to_owned(),
+                    message: problem,
+                });
+            }
+            return Ok(());
         }
         #[cfg(feature = "webhooks")]
         if let Some(sender) = &self.webhooks {

@@ -18,6 +18,7 @@ mod memory;
 mod registry;
 #[cfg(feature = "sqs")]
 mod sqs;
+mod sqs_names;
 #[cfg(feature = "webhooks")]
 mod webhook;
 

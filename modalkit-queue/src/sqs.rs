@@ -164,6 +164,12 @@ impl SqsQueue {
             group_id,
             attributes,
         } = outgoing;
+        if let Some(problem) = crate::sqs_names::sqs_queue_name_problem(queue) {
+            return Err(QueueError::Rejected {
+                queue: queue.to_owned(),
+                message: problem,
+            });
+        }
         if message.len() > SQS_MAX_MESSAGE_BYTES {
             return Err(QueueError::TooLarge {
                 queue: queue.to_owned(),

@@ -188,6 +188,10 @@ impl ApiError {
                 source: modalkit_queue::QueueError::NotCompiled { .. },
                 ..
             } => "queue_not_compiled",
+            UndeliverableQueue {
+                source: modalkit_queue::QueueError::Rejected { .. },
+                ..
+            } => "invalid_queue_name",
             UndeliverableQueue { .. } => "queue_not_allowed",
             Validation(_) => "validation_failed",
             UnsupportedMediaType(_) => "unsupported_media_type",

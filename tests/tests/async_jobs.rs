@@ -10,7 +10,7 @@ use modalkit_core::settings::AppSettings;
 use modalkit_server::ServerOptions;
 use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
 use modalkit_tests::support::{
-    TestServer, client, config_yaml, echo_settings, echo_settings_with, post_json,
+    TestServer, client, config_yaml, echo_settings, echo_settings_with, free_port, post_json,
     settings_from_yaml,
 };
 use serde_json::{Value, json};
@@ -346,18 +346,21 @@ async fn dead_letters_go_to_the_queue_and_fall_back_to_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dead.jsonl");
     let dead_letters = unique_queue("dead");
+    // The result goes to a webhook nobody listens on, with one attempt:
+    // undeliverable at once.
+    let unreachable = format!("127.0.0.1:{}", free_port());
     let yaml = |dead_letter_queue: &str| {
         config_yaml(
             "echo",
             &format!(
-                "  queue_config: {{backend: sqs, max_attempts: 1, dead_letter_queue: '{dead_letter_queue}', dead_letter_path: '{}'}}",
+                "  queue_config: {{backend: sqs, max_attempts: 1, dead_letter_queue: '{dead_letter_queue}', dead_letter_path: '{}', webhook_allowed_hosts: ['{unreachable}']}}",
                 file.display()
             ),
         )
     };
     let http = client();
-    // SQS refuses the result's queue name, so the result is undeliverable.
-    let body = json!({"message": {"text": "lost?"}, "success_queue": "not a valid name!"});
+    let destination = format!("http://{unreachable}/results");
+    let body = json!({"message": {"text": "lost?"}, "success_queue": destination});
 
     let server = durable_server(moto, &yaml(&dead_letters)).await;
     let id = submit(&http, &server, &body).await;
@@ -365,13 +368,14 @@ async fn dead_letters_go_to_the_queue_and_fall_back_to_the_file() {
     let records = collect_messages(&moto.sqs(), &dead_letters, 1, Duration::from_secs(10)).await;
     assert_eq!(records.len(), 1, "{records:?}");
     let record: Value = serde_json::from_str(&records[0]).unwrap();
-    assert_eq!(record["queue"], "not a valid name!");
+    assert_eq!(record["queue"], json!(destination));
     assert_eq!(record["job_id"], json!(id));
     assert_eq!(record["message"]["echo"], "LOST?");
     assert!(!file.exists(), "the queue took it; the file stays empty");
     server.shutdown().await;
 
-    // When the dead-letter queue itself refuses, the file keeps the record.
+    // When the dead-letter queue itself refuses (SQS takes no such name),
+    // the file keeps the record.
     let server = durable_server(moto, &yaml("also not valid!")).await;
     let id = submit(&http, &server, &body).await;
     wait_for(&http, &server, &id, &["succeeded"]).await;

@@ -299,3 +299,55 @@ async fn a_missing_ssm_parameter_fails_start_up_clearly() {
     };
     assert!(error.contains("/modalkit/does-not-exist"), "{error}");
 }
+
+#[tokio::test]
+async fn a_queue_name_sqs_refuses_is_a_422_at_submit_and_a_dead_letter_at_once_on_send() {
+    let moto = Moto::shared();
+    let settings = settings_from_yaml(
+        "app_settings:\n  app_prefix: sqs\n  queue_config: {backend: sqs}\nmodel_settings:\n  model_entries:\n    echo: {}\n",
+    );
+    let options = ServerOptions {
+        aws_config: Some(moto.aws_config()),
+        ..Default::default()
+    };
+    let server = TestServer::builder(settings).options(options).start().await;
+    for (field, name) in [("success_queue", "my results"), ("failure_queue", "x.y")] {
+        let mut body = json!({"message": {"text": "never run"}, "success_queue": "fine"});
+        body[field] = json!(name);
+        let (status, reply) = post_json(&client(), &server.url("/predict_async"), &body).await;
+        assert_eq!(status, 422, "{reply}");
+        assert_eq!(reply["error"]["code"], "invalid_queue_name", "{reply}");
+        assert_eq!(reply["error"]["details"]["path"], field, "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a valid SQS queue name"),
+            "{reply}"
+        );
+    }
+
+    // A name that reaches a send anyway (a consumed message names it) is
+    // refused for good: dead-lettered at the first attempt.
+    let sqs = std::sync::Arc::new(SqsQueue::from_config(&moto.aws_config()));
+    let err = send(&sqs, "no spaces allowed", "{}").await.unwrap_err();
+    assert!(
+        matches!(err, QueueError::Rejected { .. }) && !err.is_retryable(),
+        "{err:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 5,
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
+        max_total: Duration::from_secs(30),
+    };
+    let delivery = Delivery::new(
+        sqs,
+        policy,
+        DeadLetterFile::new(dir.path().join("dead.jsonl")),
+    );
+    let outcome = delivery
+        .deliver("no spaces allowed", "{}", &Labels::message("m"))
+        .await;
+    assert_eq!(outcome, modalkit_queue::Outcome::DeadLettered);
+}

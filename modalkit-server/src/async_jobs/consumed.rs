@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::outcome::{JobTrace, deliver_outcome};
 use super::record::{JobEnd, JobRecord, JobStatus};
 use super::store::Transition;
-use super::{AsyncJobs, check_destinations};
+use super::{AsyncJobs, JobError, check_destinations};
 use crate::traces::TraceSpan;
 
 /// What the SQS consumer should do with a message it handed in.
@@ -46,6 +46,19 @@ pub(crate) struct ConsumedJob<I> {
     pub traceparent: Option<String>,
 }
 
+/// A queue no container could ever send to (a name SQS refuses): the job
+/// runs and its result is dead-lettered at once, rather than the message
+/// waiting on the queue for a container that does not exist.
+fn names_an_impossible_queue(error: &JobError) -> bool {
+    matches!(
+        error,
+        JobError::UndeliverableQueue {
+            source: modalkit_queue::QueueError::Rejected { .. },
+            ..
+        }
+    )
+}
+
 impl<P: InferencePipeline> AsyncJobs<P> {
     /// Runs a job that came through the input queue: skips it if it was
     /// cancelled (delivering its cancellation) or already ended, else runs
@@ -67,7 +80,9 @@ impl<P: InferencePipeline> AsyncJobs<P> {
             ..
         } = job;
         let model = model.as_str();
-        if let Err(err) = check_destinations(&self.delivery, &envelope) {
+        if let Err(err) = check_destinations(&self.delivery, &envelope)
+            && !names_an_impossible_queue(&err)
+        {
             tracing::error!(job_id = %id, %err, "refusing a consumed job this binary cannot deliver; it stays on the input queue");
             span.set_error(&format!("refused: {err}"));
             metrics::counter!("modalkit_input_messages_refused_total").increment(1);
