@@ -13,7 +13,9 @@ pub type Meta = Map<String, Value>;
 
 /// The body of `/predict_async`: the message plus where its result goes.
 ///
-/// Unknown fields are rejected, as modalkit's pydantic model does.
+/// Unknown fields are rejected, and so is anything but a JSON object, as
+/// modalkit's pydantic model does (serde's derive would also read an array
+/// such as `[null]` as the fields in order).
 ///
 /// ```
 /// use modalkit_core::wire::AsyncInput;
@@ -21,8 +23,9 @@ pub type Meta = Map<String, Value>;
 /// let input: AsyncInput<serde_json::Value> = serde_json::from_str(body).unwrap();
 /// assert_eq!(input.failure_queue, "");
 /// assert!(serde_json::from_str::<AsyncInput<serde_json::Value>>(r#"{"message": 1, "x": 2}"#).is_err());
+/// assert!(serde_json::from_str::<AsyncInput<serde_json::Value>>(r#"[null]"#).is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AsyncInput<T> {
     /// The message, as `/predict_sync` would take it.
@@ -36,6 +39,47 @@ pub struct AsyncInput<T> {
     /// Metadata copied into the result.
     #[serde(default)]
     pub meta: Meta,
+}
+
+/// [`AsyncInput`]'s fields as serde's derive reads them (from an object or
+/// an array); [`AsyncInput`]'s own `Deserialize` hands it objects only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "AsyncInput")]
+struct AsyncInputFields<T> {
+    message: T,
+    #[serde(default)]
+    success_queue: String,
+    #[serde(default)]
+    failure_queue: String,
+    #[serde(default)]
+    meta: Meta,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for AsyncInput<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
+    }
+}
+
+struct ObjectOnly<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+    type Value = AsyncInput<T>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("struct AsyncInput")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let fields =
+            AsyncInputFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(AsyncInput {
+            message: fields.message,
+            success_queue: fields.success_queue,
+            failure_queue: fields.failure_queue,
+            meta: fields.meta,
+        })
+    }
 }
 
 /// Whether an item succeeded.
