@@ -86,7 +86,7 @@ fn full_document<P: InferencePipeline>(title: &str, models: &[String], auth_head
         responses
     };
     let predict_errors = [
-        "400", "401", "404", "413", "415", "422", "500", "503", "504",
+        "400", "401", "404", "408", "413", "415", "422", "500", "503", "504",
     ];
     let security = json!([{"apiKey": []}]);
 
@@ -117,7 +117,13 @@ fn full_document<P: InferencePipeline>(title: &str, models: &[String], auth_head
                     "description": "Resubmitting the same request with the same key within the job TTL returns the first job_id and computes once; the key with another request is a 422."}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": async_input}}},
                 "responses": with_errors(("200", json!({"description": "Accepted (200, as modalkit answers).",
-                    "content": {"application/json": {"schema": async_output}}})), &["400", "401", "404", "413", "415", "422", "503"])
+                    "content": {"application/json": {"schema": async_output}},
+                    // The job id leads to the job's routes (clients and
+                    // stateful fuzzers follow these).
+                    "links": {
+                        "GetJob": {"operationId": "get_job", "parameters": {"job_id": "$response.body#/job_id"}},
+                        "CancelJob": {"operationId": "cancel_job", "parameters": {"job_id": "$response.body#/job_id"}}
+                    }})), &["400", "401", "404", "408", "413", "415", "422", "503"])
             }},
             "/jobs/{job_id}": {"get": {
                 "summary": "An async job's state and result.", "operationId": "get_job", "security": security,
@@ -149,6 +155,9 @@ fn describe(code: &str) -> &'static str {
         "400" => "Malformed JSON, empty body, bad query or job id.",
         "401" => "Missing or wrong API key.",
         "404" => "Unknown model or job.",
+        "408" => {
+            "The body did not arrive within body_read_timeout_seconds of the head; the connection is closed."
+        }
         "409" => "The job is running or ended; only a queued job can be cancelled.",
         "413" => "Body or batch too large.",
         "415" => "Content-Type is not JSON.",
@@ -156,7 +165,9 @@ fn describe(code: &str) -> &'static str {
             "The message does not fit the input schema, fails validation, the pipeline found it invalid, or the Idempotency-Key was used with another request."
         }
         "500" => "The pipeline failed on this item.",
-        "503" => "Overloaded (see Retry-After), shutting down, or the device failed.",
+        "503" => {
+            "Overloaded or too many open connections (see Retry-After), shutting down, or the device failed."
+        }
         "504" => "The request's deadline passed.",
         _ => "Error.",
     }
