@@ -31,6 +31,9 @@ pub use ticket::Ticket;
 pub struct BatcherConfig {
     /// Most items in one batch.
     pub max_batch_size: usize,
+    /// Most summed [`InferencePipeline::cost`] in one batch (its first item
+    /// is always taken); `None`: no bound but `max_batch_size`.
+    pub max_batch_cost: Option<usize>,
     /// Longest an item waits for its batch to fill, from its arrival.
     pub wait: Duration,
     /// Load-aware filling: after a batch, the next one waits for that
@@ -68,6 +71,7 @@ impl BatcherConfig {
     ) -> Self {
         BatcherConfig {
             max_batch_size: batch.max_batch_size,
+            max_batch_cost: batch.max_batch_tokens,
             wait: Duration::from_millis(batch.wait_ms),
             adaptive_wait: Duration::from_secs_f64(batch.adaptive_wait_ms / 1000.0),
             max_queue_depth: server.max_queue_depth,
@@ -244,6 +248,7 @@ impl<P: InferencePipeline> Batcher<P> {
         let now = Instant::now();
         let (reply, receiver) = oneshot::channel();
         let pending = Pending {
+            cost: P::cost(&input),
             input,
             arrived: now,
             deadline: options
@@ -273,6 +278,7 @@ impl<P: InferencePipeline> Batcher<P> {
             .unwrap_or(now + self.shared.config.default_timeout);
         let (reply, receiver) = oneshot::channel();
         let mut pending = Pending {
+            cost: P::cost(&input),
             input,
             arrived: now,
             deadline,

@@ -121,6 +121,15 @@ pub trait InferencePipeline: Send + Sync + Sized + 'static {
         predicted: Self::Predicted,
     ) -> Vec<ItemResult<Self::Output>>;
 
+    /// An item's share of a batch's work, counted against
+    /// `batch_config.max_batch_tokens`: its tokens for a text model (an
+    /// estimate serves: it only bounds batches), 1 by default. Called once
+    /// per item at submit, on the caller's thread: keep it cheap.
+    fn cost(input: &Self::Input) -> usize {
+        let _ = input;
+        1
+    }
+
     /// The device this instance computes on (`cpu`, `cuda:0`), shown by
     /// `/ready`. Default: `cpu`.
     fn device(&self) -> String {

@@ -30,6 +30,9 @@ struct Job {
     fatal: bool,
     #[garde(skip)]
     panic: bool,
+    /// Its cost against `max_batch_cost` (0 counts as 1).
+    #[garde(skip)]
+    tokens: usize,
 }
 
 /// The id postprocess fails alone.
@@ -88,6 +91,10 @@ impl InferencePipeline for Recorder {
     type Output = Done;
     type Preprocessed = Instant;
     type Predicted = Instant;
+
+    fn cost(input: &Job) -> usize {
+        input.tokens.max(1)
+    }
 
     fn load(ctx: &ModelContext) -> Result<Self, PipelineError> {
         if ctx.model_name.starts_with("broken") {
@@ -284,6 +291,49 @@ async fn the_next_batch_forms_while_one_computes() {
     assert!(
         gap < Duration::from_millis(50),
         "worker idled {gap:?} between batches"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_stops_at_its_token_budget_and_always_takes_its_first_item() {
+    let config = BatcherConfig {
+        max_batch_cost: Some(250),
+        ..config(8, 0)
+    };
+    let (batcher, log) = start("tokens", config);
+    // A slow first batch, so the rest queue before the next one forms.
+    let first = batcher
+        .submit(Job {
+            id: 0,
+            sleep_ms: 100,
+            ..Job::default()
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let costs = [100, 100, 100, 10, 10, 400, 5];
+    let tickets: Vec<_> = costs
+        .iter()
+        .enumerate()
+        .map(|(i, &tokens)| {
+            batcher
+                .submit(Job {
+                    id: i as u64 + 1,
+                    tokens,
+                    ..Job::default()
+                })
+                .unwrap()
+        })
+        .collect();
+    first.await.unwrap();
+    for ticket in tickets {
+        ticket.await.unwrap();
+    }
+    let ids: Vec<Vec<u64>> = batches(&log).into_iter().map(|b| b.ids).collect();
+    // The slow one; 100 + 100 (a third would make 300); 100 + 10 + 10
+    // (400 would pass 250); 400 alone, over the budget but first; the 5.
+    assert_eq!(
+        ids,
+        vec![vec![0], vec![1, 2], vec![3, 4, 5], vec![6], vec![7]]
     );
 }
 

@@ -31,6 +31,9 @@ const SPIN: Duration = Duration::from_micros(50);
 /// One queued item.
 pub(super) struct Pending<P: InferencePipeline> {
     pub input: P::Input,
+    /// [`InferencePipeline::cost`] of `input`, counted against
+    /// `max_batch_cost`.
+    pub cost: usize,
     pub arrived: Instant,
     pub deadline: Instant,
     pub reply: oneshot::Sender<Result<P::Output, ItemError>>,
@@ -357,7 +360,11 @@ impl<P: InferencePipeline> Shared<P> {
             };
             let now = Instant::now();
             let flush_at = (oldest.arrived + self.config.wait).max(Self::fill_until(&queue, now));
-            if queue.items.len() >= max || now >= flush_at || !queue.open {
+            if queue.items.len() >= max
+                || self.budget_reached(&queue)
+                || now >= flush_at
+                || !queue.open
+            {
                 let batch = self.take_batch(&mut queue, max, now);
                 self.set_depth(&queue);
                 self.room.notify_waiters();
@@ -387,17 +394,41 @@ impl<P: InferencePipeline> Shared<P> {
         }
     }
 
-    /// Takes up to `max` live items, discarding dead ones on the way.
+    /// Whether the queued items already fill a batch's cost budget.
+    fn budget_reached(&self, queue: &Queue<P>) -> bool {
+        let Some(budget) = self.config.max_batch_cost else {
+            return false;
+        };
+        let mut cost = 0usize;
+        queue.items.iter().any(|item| {
+            cost = cost.saturating_add(item.cost);
+            cost >= budget
+        })
+    }
+
+    /// Takes up to `max` live items, in arrival order, while their summed
+    /// cost stays within `max_batch_cost` (the first is always taken),
+    /// discarding dead ones on the way.
     fn take_batch(&self, queue: &mut Queue<P>, max: usize, now: Instant) -> Vec<Pending<P>> {
         let mut batch = Vec::with_capacity(max.min(queue.items.len()));
+        let budget = self.config.max_batch_cost.unwrap_or(usize::MAX);
+        let mut cost = 0usize;
         while batch.len() < max {
+            let Some(front) = queue.items.front() else {
+                break;
+            };
+            let live = !(front.cancelled() || front.deadline <= now);
+            if live && !batch.is_empty() && cost.saturating_add(front.cost) > budget {
+                break;
+            }
             let Some(item) = queue.items.pop_front() else {
                 break;
             };
-            if item.cancelled() || item.deadline <= now {
-                self.discard(item, now);
-            } else {
+            if live {
+                cost = cost.saturating_add(item.cost);
                 batch.push(item);
+            } else {
+                self.discard(item, now);
             }
         }
         batch

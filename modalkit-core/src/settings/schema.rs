@@ -276,6 +276,14 @@ pub struct BatchConfig {
     #[serde(default = "default_adaptive_wait_ms")]
     #[garde(range(min = 0.0, max = 1000.0))]
     pub adaptive_wait_ms: f64,
+    /// Most tokens in one batch (modalkit-rs only), as the pipeline counts
+    /// an item's cost (`InferencePipeline::cost`: tokens for a text model,
+    /// 1 otherwise); a batch always takes its first item. Bounds a batch's
+    /// compute time, so a short request never waits behind a batch of many
+    /// long ones. None: only `max_batch_size` bounds a batch.
+    #[serde(default)]
+    #[garde(inner(range(min = 1, max = 100_000_000)))]
+    pub max_batch_tokens: Option<usize>,
 }
 
 /// modalkit's field defaults, for a `batch_config` given in part.
@@ -299,6 +307,7 @@ impl Default for BatchConfig {
             max_batch_size: UNCONFIGURED_MAX_BATCH_SIZE,
             wait_ms: UNCONFIGURED_WAIT_MS,
             adaptive_wait_ms: default_adaptive_wait_ms(),
+            max_batch_tokens: None,
         }
     }
 }
