@@ -90,7 +90,7 @@ for isa in $ISAS; do
   MODALKIT_CPU_ISA=$isa RUST_LOG=warn target/release/embeddings --config config/embeddings.yaml --host 127.0.0.1 --port "$port" & pids+=($!)
   names+=("modalkit-rs-$isa"); ports+=("$port"); server_pids+=($!)
   wait_ready "http://127.0.0.1:$port/ready"
-  curl -s "http://127.0.0.1:$port/ready" | grep -q "cpu ($isa)" || { echo "the server does not run the $isa path" >&2; exit 1; }
+  curl -s "http://127.0.0.1:$port/ready" | grep -q "cpu ($isa, " || { echo "the server does not run the $isa path" >&2; exit 1; }
   port=$((port + 1))
 done
 if [ "$WITH_PEER" = 1 ]; then

@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use modalkit::candle::encoder::cpu::precision::Precision;
 use modalkit::candle::encoder::{
     BertConfig, BertEncoder, CpuEncoder, Weights, cpu, mean_pool_normalized,
 };
@@ -67,6 +68,20 @@ struct EmbeddingsEntry {
     #[serde(default)]
     #[allow(dead_code)]
     device: Option<String>,
+    /// The linear layers' precision on the native CPU encoder: `fp32`
+    /// (default) or `bf16` (bf16 products summed in fp32; on AVX512-BF16
+    /// where the CPU has it).
+    #[serde(default)]
+    precision: Option<String>,
+}
+
+/// How [`Embeddings::load_folder`] loads a model folder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Overrides `sentence_bert_config.json`'s `max_seq_length`.
+    pub max_seq_length: Option<usize>,
+    /// The native encoder's precision (candle's encoder takes fp32 only).
+    pub precision: Precision,
 }
 
 #[modalkit::entry]
@@ -114,23 +129,25 @@ fn read_json<T: modalkit::serde::de::DeserializeOwned>(path: &Path) -> Result<T,
 }
 
 impl Embeddings {
-    /// Loads the model folder onto `device`, truncating at `max_seq_length`
-    /// (default: the folder's `sentence_bert_config.json`): the native
-    /// encoder on a CPU with AVX2 and FMA or AVX-512 (as capped by
-    /// `MODALKIT_CPU_ISA`), candle's elsewhere (the native encoder's
-    /// portable kernels are for tests, not speed).
+    /// Loads the model folder onto `device`, truncating at
+    /// `options.max_seq_length` (default: the folder's
+    /// `sentence_bert_config.json`): the native encoder on a CPU with AVX2
+    /// and FMA or AVX-512 (as capped by `MODALKIT_CPU_ISA`), candle's
+    /// elsewhere (the native encoder's portable kernels are for tests, not
+    /// speed), except that bf16 always takes the native encoder.
     pub fn load_folder(
         folder: &Path,
         device: Device,
-        max_seq_length: Option<usize>,
+        options: LoadOptions,
     ) -> Result<Self, PipelineError> {
         cpu::isa::cap_from_env().map_err(PipelineError::msg)?;
-        let engine = if device.is_cpu() && cpu::isa::avx2() {
-            Engine::Native
-        } else {
-            Engine::Candle
-        };
-        Self::load_folder_with(folder, device, max_seq_length, engine)
+        let engine =
+            if device.is_cpu() && (cpu::isa::avx2() || options.precision != Precision::Fp32) {
+                Engine::Native
+            } else {
+                Engine::Candle
+            };
+        Self::load_folder_with(folder, device, options, engine)
     }
 
     /// [`Embeddings::load_folder`] with the engine chosen by the caller
@@ -138,9 +155,13 @@ impl Embeddings {
     pub fn load_folder_with(
         folder: &Path,
         device: Device,
-        max_seq_length: Option<usize>,
+        options: LoadOptions,
         engine: Engine,
     ) -> Result<Self, PipelineError> {
+        let LoadOptions {
+            max_seq_length,
+            precision,
+        } = options;
         if !folder.join("model.safetensors").is_file() {
             return Err(PipelineError::msg(format!(
                 "no model.safetensors in {} (run scripts/fetch-model.sh)",
@@ -178,14 +199,21 @@ impl Embeddings {
                 ));
             }
             Engine::Native => {
+                let encoder = CpuEncoder::load_with_precision(&weights_path, &config, precision)
+                    .map_err(PipelineError::msg)?;
                 tracing::info!(
-                    isa = cpu::isa::describe(),
+                    kernels = encoder.kernels(),
+                    precision = precision.name(),
                     detected = cpu::isa::detected().name(),
                     "native CPU encoder"
                 );
-                Encoder::Native(
-                    CpuEncoder::load(&weights_path, &config).map_err(PipelineError::msg)?,
-                )
+                Encoder::Native(encoder)
+            }
+            Engine::Candle if precision != Precision::Fp32 => {
+                return Err(PipelineError::msg(format!(
+                    "precision {precision} needs the native CPU encoder (device cpu); candle's encoder on {} computes in fp32",
+                    describe(&device)
+                )));
             }
             Engine::Candle => {
                 let mut weights = Weights::read(&weights_path, &[]).map_err(PipelineError::msg)?;
@@ -286,11 +314,26 @@ impl InferencePipeline for Embeddings {
     /// Each text's vector and token count.
     type Predicted = Vec<(Vec<f32>, usize)>;
 
+    /// Its tokens for `batch_config.max_batch_tokens`, estimated from its
+    /// length (about four bytes a WordPiece token in English text, plus
+    /// `[CLS]` and `[SEP]`) without running the tokenizer twice.
+    fn cost(input: &EmbeddingInput) -> usize {
+        (input.text.len() / 4 + 2).min(512)
+    }
+
     fn load(ctx: &ModelContext) -> Result<Self, PipelineError> {
         let entry: EmbeddingsEntry = ctx.entry()?;
         let device = resolve(DeviceRequest::from_context(ctx)?)?;
         let folder: PathBuf = ctx.model_path(&entry.path);
-        Self::load_folder(&folder, device, entry.max_seq_length)
+        let precision = match entry.precision.as_deref() {
+            Some(name) => Precision::parse(name).map_err(PipelineError::msg)?,
+            None => Precision::Fp32,
+        };
+        let options = LoadOptions {
+            max_seq_length: entry.max_seq_length,
+            precision,
+        };
+        Self::load_folder(&folder, device, options)
     }
 
     /// One full batch of a typical sentence before `/ready`: the first
@@ -330,7 +373,12 @@ impl InferencePipeline for Embeddings {
 
     fn device(&self) -> String {
         match &self.encoder {
-            Encoder::Native(_) => format!("{} ({})", describe(&Device::Cpu), cpu::isa::describe()),
+            Encoder::Native(encoder) => format!(
+                "{} ({}, {})",
+                describe(&Device::Cpu),
+                encoder.kernels(),
+                encoder.precision()
+            ),
             Encoder::Candle { device, .. } => describe(device),
         }
     }

@@ -5,7 +5,7 @@
 //! OpenAI-compatible route, driven by the real `openai` Python client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use modalkit_examples::embeddings::Embeddings;
+use modalkit_examples::embeddings::{Embeddings, LoadOptions};
 use modalkit_server::ServerOptions;
 use modalkit_tests::model::{minilm_folder, workspace_root};
 use modalkit_tests::support::{TestServer, client, get_json, post_json, settings_from_yaml};
@@ -63,7 +63,7 @@ fn floats(value: &Value) -> Vec<f64> {
 fn expected_cpu_device() -> String {
     use modalkit::candle::encoder::cpu::isa;
     if isa::avx2() {
-        format!("cpu ({})", isa::describe())
+        format!("cpu ({}, fp32)", isa::active().min(isa::Isa::Avx512).name())
     } else {
         "cpu".to_owned()
     }
@@ -141,7 +141,8 @@ async fn device_cuda_on_a_cpu_only_build_fails_start_up_clearly() {
     if candle_core::utils::cuda_is_available() {
         // Built with --features cuda: this check belongs to CPU-only builds.
         let folder = minilm_folder();
-        let loaded = Embeddings::load_folder(&folder, candle_core::Device::Cpu, None);
+        let loaded =
+            Embeddings::load_folder(&folder, candle_core::Device::Cpu, LoadOptions::default());
         assert!(loaded.is_ok());
         return;
     }
@@ -192,7 +193,13 @@ fn native_encoder_matches_candle_encoder() {
 
     let folder = minilm_folder();
     let load = |engine| {
-        Embeddings::load_folder_with(&folder, candle_core::Device::Cpu, None, engine).unwrap()
+        Embeddings::load_folder_with(
+            &folder,
+            candle_core::Device::Cpu,
+            LoadOptions::default(),
+            engine,
+        )
+        .unwrap()
     };
     let (native, candle) = (load(Engine::Native), load(Engine::Candle));
     // Mixed lengths in one batch (the native encoder packs them without
@@ -359,4 +366,150 @@ async fn the_openai_client_gets_the_same_vectors_from_v1_embeddings() {
         refused["body"]["type"], "invalid_request_error",
         "{refused}"
     );
+}
+
+/// Marks the output of a run of `bf16_stays_within_its_quality_bounds`.
+const BF16_REPORT: &str = "bf16 quality: kernels=";
+
+#[test]
+fn bf16_stays_within_its_quality_bounds() {
+    use modalkit::candle::encoder::cpu::{isa, precision::Precision};
+    use modalkit_examples::embeddings::Engine;
+
+    let folder = minilm_folder();
+    let load = |precision| {
+        let options = LoadOptions {
+            max_seq_length: None,
+            precision,
+        };
+        Embeddings::load_folder_with(&folder, candle_core::Device::Cpu, options, Engine::Native)
+            .unwrap()
+    };
+    let (fp32, bf16) = (load(Precision::Fp32), load(Precision::Bf16));
+    let to_f64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+
+    // sentence-transformers' own vectors.
+    let references = references();
+    let texts: Vec<&str> = references.iter().map(|r| r.text.as_str()).collect();
+    let vectors = bf16.embed_ids(&bf16.tokenize(&texts).unwrap()).unwrap();
+    let worst_reference = references
+        .iter()
+        .zip(&vectors)
+        .map(|(r, v)| cosine(&to_f64(v), &r.embedding))
+        .fold(1.0, f64::min);
+
+    // Every other text of the benchmark's mixed corpus (queries, passages,
+    // texts past the 256-token limit; half keeps the test short): every
+    // vector against fp32's, and retrieval: each query's 10 nearest
+    // documents at bf16 against those at fp32.
+    let corpus: Vec<(String, String)> = include_str!("../../bench/corpus/mixed.jsonl")
+        .lines()
+        .step_by(2)
+        .map(|line| {
+            let item: Value = serde_json::from_str(line).unwrap();
+            (
+                item["kind"].as_str().unwrap().to_owned(),
+                item["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let texts: Vec<&str> = corpus.iter().map(|(_, text)| text.as_str()).collect();
+    let ids = fp32.tokenize(&texts).unwrap();
+    let (exact, reduced) = (fp32.embed_ids(&ids).unwrap(), bf16.embed_ids(&ids).unwrap());
+    let worst_fp32 = exact
+        .iter()
+        .zip(&reduced)
+        .map(|(a, b)| cosine(&to_f64(a), &to_f64(b)))
+        .fold(1.0, f64::min);
+    let queries: Vec<usize> = (0..corpus.len())
+        .filter(|&i| corpus[i].0 == "query")
+        .collect();
+    let documents: Vec<usize> = (0..corpus.len())
+        .filter(|&i| corpus[i].0 != "query")
+        .collect();
+    let nearest = |vectors: &[Vec<f32>], query: usize| -> Vec<usize> {
+        let mut scored: Vec<(f32, usize)> = documents
+            .iter()
+            .map(|&d| {
+                (
+                    vectors[query]
+                        .iter()
+                        .zip(&vectors[d])
+                        .map(|(a, b)| a * b)
+                        .sum(),
+                    d,
+                )
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.into_iter().take(10).map(|(_, d)| d).collect()
+    };
+    let shared: usize = queries
+        .iter()
+        .map(|&q| {
+            let (a, b) = (nearest(&exact, q), nearest(&reduced, q));
+            a.iter().filter(|d| b.contains(d)).count()
+        })
+        .sum();
+    let agreement = shared as f64 / (queries.len() * 10) as f64;
+    let kernels = modalkit::InferencePipeline::device(&bf16);
+    let report = format!(
+        "{BF16_REPORT}{} ({}): min cosine to fp32 {worst_fp32:.6} over {} corpus texts, to sentence-transformers {worst_reference:.6}; top-10 neighbours of {} queries among {} documents agree with fp32 in {:.1}%",
+        bf16_kernels(),
+        kernels,
+        corpus.len(),
+        queries.len(),
+        documents.len(),
+        100.0 * agreement
+    );
+    println!("{report}");
+    assert!(worst_fp32 >= 0.9999, "{report}");
+    assert!(worst_reference >= 0.9999, "{report}");
+    assert!(agreement >= 0.95, "{report}");
+
+    // Where bf16 ran on AVX512-BF16, again in a child process capped at
+    // AVX-512 (the level is chosen once per process): the rounded values on
+    // the fp32 kernels, the path of CPUs without it. The fp32 kernels of
+    // each level are checked by `native_encoder_matches_candle_encoder`.
+    if std::env::var_os(isa::ISA_VARIABLE).is_some() || !isa::avx512_bf16() {
+        modalkit_tests::support::write_report("bf16-quality.txt", &report);
+        return;
+    }
+    let mut reports = vec![report];
+    let lower = isa::Isa::Avx512;
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "bf16_stays_within_its_quality_bounds",
+            "--nocapture",
+        ])
+        .env(isa::ISA_VARIABLE, lower.name())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success(),
+        "{lower} run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with(BF16_REPORT))
+        .unwrap_or_else(|| panic!("no report from the {lower} run:\n{stdout}"));
+    assert!(
+        line.starts_with(&format!("{BF16_REPORT}{lower} ")),
+        "the {lower} run did not run those kernels: {line}"
+    );
+    reports.push(line.to_owned());
+    modalkit_tests::support::write_report("bf16-quality.txt", &reports.join("\n"));
+}
+
+/// The kernels a bf16 model runs on here.
+fn bf16_kernels() -> &'static str {
+    use modalkit::candle::encoder::cpu::isa;
+    if isa::avx512_bf16() {
+        isa::Isa::Avx512Bf16.name()
+    } else {
+        isa::active().min(isa::Isa::Avx512).name()
+    }
 }

@@ -18,8 +18,11 @@
 
 use rayon::prelude::*;
 
+use std::cell::RefCell;
+
 use super::columns::ColumnsMut;
 use super::ops::gelu_with;
+use super::precision::{Precision, round_to_bf16, to_bf16, to_bf16_slice};
 use super::{Threads, isa};
 
 /// Output columns in one packed panel (two 16-lane vectors).
@@ -40,9 +43,21 @@ const ROWS_PER_TASK: usize = 4 * MAX_TILE_ROWS;
 pub struct PackedLinear {
     inputs: usize,
     outputs: usize,
-    /// `[outputs / PANEL][2][inputs][HALF]`.
-    panels: Vec<f32>,
+    weights: PackedWeights,
     bias: Vec<f32>,
+}
+
+/// A layer's packed weight, by precision and the CPU's kernels.
+enum PackedWeights {
+    /// `[outputs / PANEL][2][inputs][HALF]`.
+    Fp32(Vec<f32>),
+    /// The same layout holding bf16-rounded values, for the fp32 kernels
+    /// (bf16 precision on a CPU without AVX512-BF16).
+    Bf16Rounded(Vec<f32>),
+    /// bf16 bits, `[outputs / PANEL][2][inputs / 2][HALF][2]`: each 32-bit
+    /// lane holds one column's weights of two consecutive inputs, as
+    /// `vdpbf16ps` takes them.
+    Bf16(Vec<u16>),
 }
 
 impl PackedLinear {
@@ -76,9 +91,62 @@ impl PackedLinear {
         Ok(PackedLinear {
             inputs,
             outputs,
-            panels,
+            weights: PackedWeights::Fp32(panels),
             bias: bias.to_vec(),
         })
+    }
+
+    /// [`PackedLinear::new`] at `precision`: with bf16, the weight is kept
+    /// as bf16 for the AVX512-BF16 kernel when this CPU runs it (and the
+    /// inputs are even), else as bf16-rounded fp32.
+    pub fn with_precision(
+        weight: &[f32],
+        bias: &[f32],
+        outputs: usize,
+        inputs: usize,
+        precision: Precision,
+    ) -> Result<Self, String> {
+        let mut layer = Self::new(weight, bias, outputs, inputs)?;
+        if precision == Precision::Fp32 {
+            return Ok(layer);
+        }
+        let PackedWeights::Fp32(mut panels) = layer.weights else {
+            unreachable!("new packs fp32")
+        };
+        if isa::avx512_bf16() && inputs.is_multiple_of(2) {
+            let mut packed = vec![0u16; outputs * inputs];
+            for (half, out) in packed.chunks_exact_mut(inputs * HALF).enumerate() {
+                for (pair, lanes) in out.chunks_exact_mut(2 * HALF).enumerate() {
+                    for (column, lane) in lanes.chunks_exact_mut(2).enumerate() {
+                        for (j, value) in lane.iter_mut().enumerate() {
+                            let w = weight[(half * HALF + column) * inputs + 2 * pair + j];
+                            *value = to_bf16(w);
+                        }
+                    }
+                }
+            }
+            layer.weights = PackedWeights::Bf16(packed);
+        } else {
+            round_to_bf16(&mut panels);
+            layer.weights = PackedWeights::Bf16Rounded(panels);
+        }
+        Ok(layer)
+    }
+
+    /// The precision the layer computes at.
+    pub fn precision(&self) -> Precision {
+        match self.weights {
+            PackedWeights::Fp32(_) => Precision::Fp32,
+            PackedWeights::Bf16Rounded(_) | PackedWeights::Bf16(_) => Precision::Bf16,
+        }
+    }
+
+    /// Bytes the packed weight holds.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            PackedWeights::Fp32(panels) | PackedWeights::Bf16Rounded(panels) => panels.len() * 4,
+            PackedWeights::Bf16(panels) => panels.len() * 2,
+        }
     }
 
     /// Width of an input row.
@@ -177,7 +245,7 @@ fn block(
     out: &mut ColumnsMut,
 ) {
     let kernel = match isa::active() {
-        isa::Isa::Avx512 => avx512::KERNEL,
+        isa::Isa::Avx512 | isa::Isa::Avx512Bf16 => avx512::KERNEL,
         isa::Isa::Avx2 => avx2::KERNEL,
         isa::Isa::Portable => PORTABLE,
     };
@@ -186,31 +254,55 @@ fn block(
         count,
         activation,
     };
-    block_with(kernel, x, layer, &panels, out);
+    match &layer.weights {
+        PackedWeights::Fp32(weights) => block_with(kernel, x, layer, weights, &panels, out),
+        PackedWeights::Bf16Rounded(weights) => ROUNDED_ROWS.with_borrow_mut(|rows| {
+            rows.clear();
+            rows.extend_from_slice(x);
+            round_to_bf16(rows);
+            block_with(kernel, rows, layer, weights, &panels, out);
+        }),
+        PackedWeights::Bf16(weights) => BF16_ROWS.with_borrow_mut(|rows| {
+            rows.resize(x.len(), 0);
+            to_bf16_slice(x, rows);
+            let heights = tile_heights(x.len() / layer.inputs, MAX_TILE_ROWS);
+            compute_panels_bf16(rows, &heights, layer, weights, &panels, out);
+        }),
+    }
 }
 
-/// [`block`] on a given tile kernel.
+thread_local! {
+    /// A block's input rows rounded to bf16 (kept as fp32), reused.
+    static ROUNDED_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A block's input rows as bf16 bits, reused.
+    static BF16_ROWS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`block`] on a given tile kernel and fp32 weights.
 fn block_with(
     kernel: TileKernel,
     x: &[f32],
     layer: &PackedLinear,
+    weights: &[f32],
     panels: &Panels,
     out: &mut ColumnsMut,
 ) {
-    let inputs = layer.inputs;
-    let rows = x.len() / inputs;
-    // Tiles of balanced heights (26 rows: 9 + 9 + 8, not 12 + 12 + 2).
-    // Rows that fit in one tile of the kernel are one tile; more are tiles
-    // of at most 12, whose rows and half panel (K = 384) fit in L1
-    // together. The kernels read the rows where they are (one stream per
-    // row): packing them input-major first cost 7% of a batch.
-    let tiles = if rows <= kernel.max_rows {
+    let heights = tile_heights(x.len() / layer.inputs, kernel.max_rows);
+    compute_panels(kernel, x, &heights, layer, weights, panels, out);
+}
+
+/// Tiles of balanced heights (26 rows: 9 + 9 + 8, not 12 + 12 + 2), as
+/// `(first row, rows)`. Rows that fit in one tile of the kernel are one
+/// tile; more are tiles of at most 12, whose rows and half panel (K = 384)
+/// fit in L1 together. The kernels read the rows where they are (one
+/// stream per row): packing them input-major first cost 7% of a batch.
+fn tile_heights(rows: usize, max_rows: usize) -> Vec<(usize, usize)> {
+    let tiles = if rows <= max_rows {
         1
     } else {
         rows.div_ceil(MAX_TILE_ROWS)
     };
-    let heights: Vec<(usize, usize)> = balanced_parts(rows, tiles).collect();
-    compute_panels(kernel, x, &heights, layer, panels, out);
+    balanced_parts(rows, tiles).collect()
 }
 
 /// `total` rows cut into `parts` runs of heights differing by at most one,
@@ -238,6 +330,7 @@ fn compute_panels(
     x: &[f32],
     heights: &[(usize, usize)],
     layer: &PackedLinear,
+    all_weights: &[f32],
     panels: &Panels,
     out: &mut ColumnsMut,
 ) {
@@ -245,7 +338,7 @@ fn compute_panels(
     assert_eq!(out.width(), panels.count * PANEL, "output columns");
     for panel in 0..panels.count {
         let index = panels.first + panel;
-        let weights = &layer.panels[index * inputs * PANEL..(index + 1) * inputs * PANEL];
+        let weights = &all_weights[index * inputs * PANEL..(index + 1) * inputs * PANEL];
         let Some(bias) = layer.bias[index * PANEL..].first_chunk::<PANEL>() else {
             return;
         };
@@ -260,6 +353,46 @@ fn compute_panels(
             (kernel.compute)(height, &tile, &mut out.block(start, panel * PANEL, PANEL));
         }
     }
+}
+
+/// [`compute_panels`] for bf16 rows and weights, on the AVX512-BF16 tile.
+fn compute_panels_bf16(
+    x: &[u16],
+    heights: &[(usize, usize)],
+    layer: &PackedLinear,
+    all_weights: &[u16],
+    panels: &Panels,
+    out: &mut ColumnsMut,
+) {
+    let inputs = layer.inputs;
+    assert_eq!(out.width(), panels.count * PANEL, "output columns");
+    for panel in 0..panels.count {
+        let index = panels.first + panel;
+        let weights = &all_weights[index * inputs * PANEL..(index + 1) * inputs * PANEL];
+        let Some(bias) = layer.bias[index * PANEL..].first_chunk::<PANEL>() else {
+            return;
+        };
+        for &(start, height) in heights {
+            let tile = Bf16Tile {
+                x: &x[start * inputs..(start + height) * inputs],
+                inputs,
+                weights,
+                bias,
+                activation: panels.activation,
+            };
+            avx512_bf16::tile(height, &tile, &mut out.block(start, panel * PANEL, PANEL));
+        }
+    }
+}
+
+/// A tile's inputs in bf16: `x` its rows (`rows × inputs` bf16 bits),
+/// `weights` one panel (two halves of `inputs / 2 × HALF × 2`).
+struct Bf16Tile<'a> {
+    x: &'a [u16],
+    inputs: usize,
+    weights: &'a [u16],
+    bias: &'a [f32; PANEL],
+    activation: Activation,
 }
 
 /// The inputs of one tile: `x` is its rows (`rows × inputs`, row-major),
@@ -414,6 +547,130 @@ mod avx512 {
     #[cfg(not(target_arch = "x86_64"))]
     unsafe fn rows_of<const ROWS: usize>(_: &Tile, _: &mut ColumnsMut) {
         unreachable!("AVX-512 is never available off x86-64")
+    }
+}
+
+/// The tile on AVX512-BF16: as [`avx512`], 12 rows × 32 fp32
+/// accumulators, but each step takes two inputs: one load per half panel
+/// holds 16 columns' weights of both, one 32-bit broadcast a row's two
+/// inputs, and `vdpbf16ps` adds both products to each accumulator.
+#[allow(unsafe_code)]
+mod avx512_bf16 {
+    use super::{
+        Bf16Tile, ColumnsMut, HALF, MAX_TILE_ROWS, PANEL, PREFETCH_AHEAD, finish_row, isa,
+    };
+
+    /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
+    /// AVX512-BF16 ([`isa::avx512_bf16`]).
+    pub fn tile(rows: usize, tile: &Bf16Tile, out: &mut ColumnsMut) {
+        assert!(
+            isa::avx512_bf16(),
+            "AVX512-BF16 kernel called on a CPU without it"
+        );
+        assert!((1..=MAX_TILE_ROWS).contains(&rows), "tile of {rows} rows");
+        // SAFETY: the CPU supports AVX-512F/VL/BW/DQ, AVX512-BF16 and FMA
+        // (asserted above), which is all `rows_of` is compiled for.
+        unsafe {
+            match rows {
+                1 => rows_of::<1>(tile, out),
+                2 => rows_of::<2>(tile, out),
+                3 => rows_of::<3>(tile, out),
+                4 => rows_of::<4>(tile, out),
+                5 => rows_of::<5>(tile, out),
+                6 => rows_of::<6>(tile, out),
+                7 => rows_of::<7>(tile, out),
+                8 => rows_of::<8>(tile, out),
+                9 => rows_of::<9>(tile, out),
+                10 => rows_of::<10>(tile, out),
+                11 => rows_of::<11>(tile, out),
+                _ => rows_of::<12>(tile, out),
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")]
+    fn rows_of<const ROWS: usize>(tile: &Bf16Tile, out: &mut ColumnsMut) {
+        use std::arch::x86_64::{
+            __m512, __m512bh, __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_dpbf16_ps,
+            _mm512_loadu_ps, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_storeu_ps,
+        };
+
+        /// 32 bf16 values (16 columns × 2 inputs) of a half panel.
+        #[inline(always)]
+        fn load_pairs(values: &[u16; 2 * HALF]) -> __m512bh {
+            // SAFETY: reads exactly the 64 bytes of `values`; AVX-512F is
+            // enabled in the only caller. Both types are 64 bytes of lanes.
+            unsafe {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(values.as_ptr().cast()))
+            }
+        }
+        #[inline(always)]
+        fn load(values: &[f32; HALF]) -> __m512 {
+            // SAFETY: reads exactly the 16 floats of `values`.
+            unsafe { _mm512_loadu_ps(values.as_ptr()) }
+        }
+        #[inline(always)]
+        fn store(vector: __m512, values: &mut [f32; 16]) {
+            // SAFETY: writes exactly the 16 floats of `values`.
+            unsafe { _mm512_storeu_ps(values.as_mut_ptr(), vector) }
+        }
+        let (bias_low, bias_high) = tile.bias.as_chunks::<HALF>().0.split_at(1);
+        let mut low = [load(&bias_low[0]); ROWS];
+        let mut high = [load(&bias_high[0]); ROWS];
+        let inputs = tile.inputs;
+        let pairs = inputs / 2;
+        let (low_half, high_half) = tile.weights.split_at(tile.weights.len() / 2);
+        let (low_pairs, high_pairs) = (
+            low_half.as_chunks::<{ 2 * HALF }>().0,
+            high_half.as_chunks::<{ 2 * HALF }>().0,
+        );
+        assert!(
+            inputs.is_multiple_of(2)
+                && low_pairs.len() == pairs
+                && high_pairs.len() == pairs
+                && tile.x.len() == ROWS * inputs,
+            "a bf16 tile of {ROWS} rows of {inputs} inputs"
+        );
+        let x = tile.x.as_ptr();
+        for (pair, (low_row, high_row)) in low_pairs.iter().zip(high_pairs).enumerate() {
+            let (w_low, w_high) = (load_pairs(low_row), load_pairs(high_row));
+            // Hints only: prefetching never faults, in bounds or not.
+            _mm_prefetch::<_MM_HINT_T0>(low_row.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+            _mm_prefetch::<_MM_HINT_T0>(high_row.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
+            for row in 0..ROWS {
+                // SAFETY: row < ROWS and 2·pair + 1 < inputs, so both bf16
+                // values read are inside the ROWS × inputs of `tile.x`
+                // (asserted); read unaligned as one 32-bit pair.
+                let both = unsafe {
+                    x.add(row * inputs + 2 * pair)
+                        .cast::<i32>()
+                        .read_unaligned()
+                };
+                // SAFETY: as `load_pairs`: 64 bytes of lanes either way.
+                let value =
+                    unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(both)) };
+                low[row] = _mm512_dpbf16_ps(low[row], value, w_low);
+                high[row] = _mm512_dpbf16_ps(high[row], value, w_high);
+            }
+        }
+        for row in 0..ROWS {
+            let mut values = [0f32; PANEL];
+            let (first, second) = values.split_at_mut(16);
+            if let (Some(first), Some(second)) = (
+                first.first_chunk_mut::<16>(),
+                second.first_chunk_mut::<16>(),
+            ) {
+                store(low[row], first);
+                store(high[row], second);
+            }
+            finish_row::<true>(&mut values, tile.activation, out.row(row));
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn rows_of<const ROWS: usize>(_: &Bf16Tile, _: &mut ColumnsMut) {
+        unreachable!("AVX512-BF16 is never available off x86-64")
     }
 }
 
@@ -647,15 +904,84 @@ mod tests {
                 if isa::avx2() {
                     kernels.push(("avx2", avx2::KERNEL));
                 }
+                let PackedWeights::Fp32(weights) = &layer.weights else {
+                    panic!("new packs fp32");
+                };
                 for (name, kernel) in kernels {
                     let mut out = vec![f32::NAN; rows * outputs];
                     let view = &mut ColumnsMut::new(&mut out, outputs);
-                    block_with(kernel, &x, &layer, &all, view);
+                    block_with(kernel, &x, &layer, weights, &all, view);
                     let worst = max_difference(&out, &want);
                     assert!(
                         worst < 1e-4,
                         "{name}, {rows} rows, {activation:?}: off by {worst}"
                     );
+                }
+            }
+        }
+    }
+
+    /// Rounds to bf16 and back.
+    fn rounded(values: &[f32]) -> Vec<f32> {
+        values
+            .iter()
+            .map(|&v| crate::encoder::cpu::precision::from_bf16(to_bf16(v)))
+            .collect()
+    }
+
+    #[test]
+    fn bf16_layers_compute_the_products_of_rounded_values() {
+        let (inputs, outputs) = (70, 96);
+        let weight = matrix(outputs * inputs, 5);
+        let bias = matrix(outputs, 6);
+        let native =
+            PackedLinear::with_precision(&weight, &bias, outputs, inputs, Precision::Bf16).unwrap();
+        assert_eq!(native.precision(), Precision::Bf16);
+        assert_eq!(
+            matches!(native.weights, PackedWeights::Bf16(_)),
+            isa::avx512_bf16(),
+            "bf16 weights exactly when the CPU has AVX512-BF16"
+        );
+        assert_eq!(
+            native.weight_bytes(),
+            outputs * inputs * if isa::avx512_bf16() { 2 } else { 4 }
+        );
+        // The rounded-fp32 layout as a CPU without AVX512-BF16 holds it.
+        let mut panels = match PackedLinear::new(&weight, &bias, outputs, inputs)
+            .unwrap()
+            .weights
+        {
+            PackedWeights::Fp32(panels) => panels,
+            _ => unreachable!(),
+        };
+        round_to_bf16(&mut panels);
+        let emulated = PackedLinear {
+            inputs,
+            outputs,
+            weights: PackedWeights::Bf16Rounded(panels),
+            bias: bias.clone(),
+        };
+        let rounded_weight = rounded(&weight);
+        for activation in [Activation::Identity, Activation::Gelu] {
+            for rows in (1..=13).chain([50, 100]) {
+                let x = matrix(rows * inputs, rows as u32 + 9);
+                let want = naive(
+                    &rounded(&x),
+                    &rounded_weight,
+                    &bias,
+                    inputs,
+                    activation == Activation::Gelu,
+                );
+                for (name, layer) in [("native", &native), ("rounded", &emulated)] {
+                    for threads in [Threads::One, Threads::Pool] {
+                        let mut out = vec![f32::NAN; rows * outputs];
+                        linear(&x, layer, activation, &mut out, threads);
+                        let worst = max_difference(&out, &want);
+                        assert!(
+                            worst < 1e-4,
+                            "{name}, {rows} rows, {activation:?}, {threads:?}: off by {worst}"
+                        );
+                    }
                 }
             }
         }

@@ -11,8 +11,9 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-/// The environment variable that caps the level: `avx512`, `avx2` or
-/// `portable` (`MODALKIT_CPU_BASELINE=1`, the older name, means `portable`).
+/// The environment variable that caps the level: `avx512-bf16`, `avx512`,
+/// `avx2` or `portable` (`MODALKIT_CPU_BASELINE=1`, the older name, means
+/// `portable`).
 pub const ISA_VARIABLE: &str = "MODALKIT_CPU_ISA";
 
 /// An instruction-set level the kernels are compiled for, lowest first.
@@ -24,11 +25,14 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/VL/BW/DQ with FMA: 16-lane vectors, 32 registers.
     Avx512,
+    /// AVX-512 with AVX512-BF16: bf16 products (`vdpbf16ps`) for models
+    /// at bf16 precision; fp32 kernels as [`Isa::Avx512`].
+    Avx512Bf16,
 }
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
 
     /// The name used in `MODALKIT_CPU_ISA`, logs and `/ready`.
     pub fn name(self) -> &'static str {
@@ -36,6 +40,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512-bf16",
         }
     }
 
@@ -68,7 +73,9 @@ pub fn detected() -> Isa {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512dq");
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        if avx2 && avx512 {
+        if avx2 && avx512 && is_x86_feature_detected!("avx512bf16") {
+            Isa::Avx512Bf16
+        } else if avx2 && avx512 {
             Isa::Avx512
         } else if avx2 {
             Isa::Avx2
@@ -87,9 +94,9 @@ pub fn detected() -> Isa {
 pub fn cap_from_env() -> Result<Option<Isa>, String> {
     if let Some(value) = std::env::var_os(ISA_VARIABLE).filter(|v| !v.is_empty()) {
         let text = value.to_string_lossy();
-        return Isa::parse(&text)
-            .map(Some)
-            .ok_or_else(|| format!("{ISA_VARIABLE}={text}: expected avx512, avx2 or portable"));
+        return Isa::parse(&text).map(Some).ok_or_else(|| {
+            format!("{ISA_VARIABLE}={text}: expected avx512-bf16, avx512, avx2 or portable")
+        });
     }
     let baseline = std::env::var_os("MODALKIT_CPU_BASELINE");
     Ok(baseline
@@ -112,7 +119,14 @@ pub fn active() -> Isa {
 /// Whether the AVX-512 builds of the kernels run.
 #[inline]
 pub fn avx512() -> bool {
-    active() == Isa::Avx512
+    active() >= Isa::Avx512
+}
+
+/// Whether the bf16 products run on AVX512-BF16 (else bf16 models run
+/// their rounded values on the fp32 kernels).
+#[inline]
+pub fn avx512_bf16() -> bool {
+    active() >= Isa::Avx512Bf16
 }
 
 /// Whether the AVX2 (or better) builds of the kernels run.
@@ -160,7 +174,8 @@ macro_rules! multiversion {
                 match $crate::encoder::cpu::isa::active() {
                     // SAFETY: `avx512` is compiled for features this CPU was
                     // checked (at run time, by `isa::detected`) to support.
-                    $crate::encoder::cpu::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::encoder::cpu::isa::Isa::Avx512
+                    | $crate::encoder::cpu::isa::Isa::Avx512Bf16 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above, for AVX2 and FMA.
                     $crate::encoder::cpu::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
                     $crate::encoder::cpu::isa::Isa::Portable => {}

@@ -9,12 +9,14 @@ pub mod columns;
 pub mod gemm;
 pub mod isa;
 pub mod ops;
+pub mod precision;
 pub mod words;
 
 use std::ops::Range;
 
 use gemm::{Activation, PackedLinear, linear};
 use ops::{AttentionShape, EmbeddingTables, LayerNorm, add_residual_norm, attention, embed_tokens};
+use precision::Precision;
 use rayon::prelude::*;
 
 use super::bert::BertConfig;
@@ -44,11 +46,21 @@ pub struct CpuEncoder {
     shape: AttentionShape,
     hidden: usize,
     max_positions: usize,
+    precision: Precision,
 }
 
 impl CpuEncoder {
-    /// Builds the encoder from a `model.safetensors` file.
+    /// Builds the encoder from a `model.safetensors` file, at fp32.
     pub fn load(path: &std::path::Path, config: &BertConfig) -> Result<Self, String> {
+        Self::load_with_precision(path, config, Precision::Fp32)
+    }
+
+    /// [`CpuEncoder::load`] with the linear layers at `precision`.
+    pub fn load_with_precision(
+        path: &std::path::Path,
+        config: &BertConfig,
+        precision: Precision,
+    ) -> Result<Self, String> {
         let weights = &mut Weights::read(path, &[WORD_EMBEDDINGS])?;
         let hidden = config.hidden_size;
         let heads = config.num_attention_heads;
@@ -86,10 +98,16 @@ impl CpuEncoder {
             let packed = |weights: &mut Weights, name: &str, outputs: usize, inputs: usize| {
                 let weight = weights.values(&format!("{p}.{name}.weight"), &[outputs, inputs])?;
                 let bias = weights.values(&format!("{p}.{name}.bias"), &[outputs])?;
-                PackedLinear::new(&weight, &bias, outputs, inputs)
+                PackedLinear::with_precision(&weight, &bias, outputs, inputs, precision)
             };
             layers.push(Layer {
-                qkv: PackedLinear::new(&qkv_weight, &qkv_bias, 3 * hidden, hidden)?,
+                qkv: PackedLinear::with_precision(
+                    &qkv_weight,
+                    &qkv_bias,
+                    3 * hidden,
+                    hidden,
+                    precision,
+                )?,
                 attention_out: packed(weights, "attention.output.dense", hidden, hidden)?,
                 attention_norm: norm(weights, &format!("{p}.attention.output.LayerNorm"))?,
                 intermediate: packed(weights, "intermediate.dense", intermediate, hidden)?,
@@ -128,7 +146,23 @@ impl CpuEncoder {
             shape: AttentionShape { heads, head_dim },
             hidden,
             max_positions,
+            precision,
         })
+    }
+
+    /// The precision of the linear layers.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The kernels the linear layers run on, for logs and `/ready`:
+    /// `avx512-bf16` for bf16 on a CPU that has it, else the fp32 level.
+    pub fn kernels(&self) -> &'static str {
+        let level = isa::active();
+        if self.precision == Precision::Bf16 && level >= isa::Isa::Avx512Bf16 {
+            return isa::Isa::Avx512Bf16.name();
+        }
+        level.min(isa::Isa::Avx512).name()
     }
 
     /// Mean-pooled, L2-normalized embeddings of token-id sequences, in order.
