@@ -257,9 +257,10 @@ fn native_encoder_matches_candle_encoder() {
     if std::env::var_os(isa::ISA_VARIABLE).is_some() {
         return;
     }
+    // The levels above AVX-512 run its fp32 kernels.
     for lower in isa::Isa::ALL
         .into_iter()
-        .filter(|&level| level < isa::active())
+        .filter(|&level| level < isa::active() && level <= isa::Isa::Avx512)
     {
         let child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
@@ -467,40 +468,45 @@ fn bf16_stays_within_its_quality_bounds() {
     assert!(worst_reference >= 0.9999, "{report}");
     assert!(agreement >= 0.95, "{report}");
 
-    // Where bf16 ran on AVX512-BF16, again in a child process capped at
-    // AVX-512 (the level is chosen once per process): the rounded values on
-    // the fp32 kernels, the path of CPUs without it. The fp32 kernels of
-    // each level are checked by `native_encoder_matches_candle_encoder`.
+    // Again in a child process for each lower bf16 path this CPU can run
+    // (the level is chosen once per process): AVX512-BF16 under AMX, and
+    // the rounded values on the AVX-512 fp32 kernels (the path of CPUs
+    // without BF16). The fp32 kernels of each level are checked by
+    // `native_encoder_matches_candle_encoder`.
     if std::env::var_os(isa::ISA_VARIABLE).is_some() || !isa::avx512_bf16() {
         modalkit_tests::support::write_report("bf16-quality.txt", &report);
         return;
     }
     let mut reports = vec![report];
-    let lower = isa::Isa::Avx512;
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "bf16_stays_within_its_quality_bounds",
-            "--nocapture",
-        ])
-        .env(isa::ISA_VARIABLE, lower.name())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&child.stdout);
-    assert!(
-        child.status.success(),
-        "{lower} run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&child.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find(|line| line.starts_with(BF16_REPORT))
-        .unwrap_or_else(|| panic!("no report from the {lower} run:\n{stdout}"));
-    assert!(
-        line.starts_with(&format!("{BF16_REPORT}{lower} ")),
-        "the {lower} run did not run those kernels: {line}"
-    );
-    reports.push(line.to_owned());
+    for lower in [isa::Isa::Avx512Bf16, isa::Isa::Avx512]
+        .into_iter()
+        .filter(|&level| level < isa::active())
+    {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "bf16_stays_within_its_quality_bounds",
+                "--nocapture",
+            ])
+            .env(isa::ISA_VARIABLE, lower.name())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success(),
+            "{lower} run failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(BF16_REPORT))
+            .unwrap_or_else(|| panic!("no report from the {lower} run:\n{stdout}"));
+        assert!(
+            line.starts_with(&format!("{BF16_REPORT}{lower} ")),
+            "the {lower} run did not run those kernels: {line}"
+        );
+        reports.push(line.to_owned());
+    }
     modalkit_tests::support::write_report("bf16-quality.txt", &reports.join("\n"));
 }
 
@@ -508,7 +514,7 @@ fn bf16_stays_within_its_quality_bounds() {
 fn bf16_kernels() -> &'static str {
     use modalkit::candle::encoder::cpu::isa;
     if isa::avx512_bf16() {
-        isa::Isa::Avx512Bf16.name()
+        isa::active().name()
     } else {
         isa::active().min(isa::Isa::Avx512).name()
     }

@@ -245,7 +245,7 @@ fn block(
     out: &mut ColumnsMut,
 ) {
     let kernel = match isa::active() {
-        isa::Isa::Avx512 | isa::Isa::Avx512Bf16 => avx512::KERNEL,
+        isa::Isa::Avx512 | isa::Isa::Avx512Bf16 | isa::Isa::Amx => avx512::KERNEL,
         isa::Isa::Avx2 => avx2::KERNEL,
         isa::Isa::Portable => PORTABLE,
     };
@@ -263,9 +263,19 @@ fn block(
             block_with(kernel, rows, layer, weights, &panels, out);
         }),
         PackedWeights::Bf16(weights) => BF16_ROWS.with_borrow_mut(|rows| {
+            let count = x.len() / layer.inputs;
+            if isa::amx() && layer.inputs.is_multiple_of(amx::K_STEP) {
+                // Whole blocks of rows for the tiles, the padding zero.
+                let padded = count.next_multiple_of(amx::ROWS) * layer.inputs;
+                rows.resize(padded, 0);
+                to_bf16_slice(x, &mut rows[..x.len()]);
+                rows[x.len()..].fill(0);
+                amx::block(rows, count, layer, weights, &panels, out);
+                return;
+            }
             rows.resize(x.len(), 0);
             to_bf16_slice(x, rows);
-            let heights = tile_heights(x.len() / layer.inputs, MAX_TILE_ROWS);
+            let heights = tile_heights(count, MAX_TILE_ROWS);
             compute_panels_bf16(rows, &heights, layer, weights, &panels, out);
         }),
     }
@@ -547,6 +557,161 @@ mod avx512 {
     #[cfg(not(target_arch = "x86_64"))]
     unsafe fn rows_of<const ROWS: usize>(_: &Tile, _: &mut ColumnsMut) {
         unreachable!("AVX-512 is never available off x86-64")
+    }
+}
+
+/// bf16 products on AMX tiles: 32 rows × one panel (32 columns) at a
+/// time in four 16 × 16 fp32 accumulator tiles, each step of 32 inputs
+/// loading two tiles of rows (16 × 32 bf16) and the panel's two halves as
+/// they are packed (16 pairs of inputs × 16 columns, the layout
+/// `tdpbf16ps` takes), then four `tdpbf16ps`. Bias and activation are
+/// applied as the accumulators are stored.
+#[allow(unsafe_code)]
+mod amx {
+    use std::arch::asm;
+
+    use super::{Activation, ColumnsMut, HALF, PANEL, PackedLinear, Panels, finish_row, isa};
+
+    /// Rows computed at once (two tiles of 16).
+    pub const ROWS: usize = 32;
+    /// Inputs one step takes (a tile row of 32 bf16).
+    pub const K_STEP: usize = 32;
+
+    /// The tile shapes: eight tiles of 16 rows × 64 bytes (tiles 0-3 the
+    /// fp32 accumulators, 4-5 the rows, 6-7 the panel's halves).
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    const CONFIG: TileConfig = {
+        let mut bytes_per_row = [0u16; 16];
+        let mut rows = [0u8; 16];
+        let mut tile = 0;
+        while tile < 8 {
+            bytes_per_row[tile] = 64;
+            rows[tile] = 16;
+            tile += 1;
+        }
+        TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row,
+            rows,
+        }
+    };
+
+    /// 32 rows × 32 fp32 accumulators, as the tiles store them.
+    #[repr(C, align(64))]
+    struct Accumulators([[f32; PANEL]; ROWS]);
+
+    /// Panels of `activation(x Wᵀ + b)` for the first `rows` rows of `x`
+    /// (bf16 bits, padded with zero rows to a multiple of [`ROWS`]) into
+    /// `out`. Panics if the CPU cannot run AMX ([`isa::amx`]) or the
+    /// inputs are not a multiple of [`K_STEP`].
+    pub fn block(
+        x: &[u16],
+        rows: usize,
+        layer: &PackedLinear,
+        weights: &[u16],
+        panels: &Panels,
+        out: &mut ColumnsMut,
+    ) {
+        assert!(isa::amx(), "AMX kernel called where AMX is not granted");
+        let inputs = layer.inputs;
+        assert!(
+            inputs.is_multiple_of(K_STEP)
+                && x.len() == rows.next_multiple_of(ROWS) * inputs
+                && weights.len() == layer.outputs * inputs,
+            "an AMX block of {rows} rows of {inputs} inputs"
+        );
+        let steps = inputs / K_STEP;
+        let row_stride = inputs * 2;
+        let mut accumulators = Accumulators([[0f32; PANEL]; ROWS]);
+        // SAFETY: AMX is granted (asserted); the configuration is a valid
+        // palette-1 layout of 8 tiles.
+        unsafe {
+            asm!("ldtilecfg [{config}]", config = in(reg) &CONFIG, options(nostack, readonly))
+        };
+        for first_row in (0..rows).step_by(ROWS) {
+            for panel in 0..panels.count {
+                let index = panels.first + panel;
+                let panel_weights = &weights[index * inputs * PANEL..(index + 1) * inputs * PANEL];
+                let (low, high) = panel_weights.split_at(inputs * HALF);
+                let upper = &x[first_row * inputs..];
+                let lower = &x[(first_row + 16) * inputs..];
+                let stored = accumulators.0.as_mut_ptr().cast::<f32>();
+                // SAFETY: each step reads 16 rows × 64 bytes of `upper` and
+                // `lower` at `row_stride` (inside the padded rows: asserted
+                // above) and 16 × 64 bytes of each half panel (inputs / 2
+                // pairs × 64 bytes each), advancing 64 and 1,024 bytes a
+                // step for `steps` = inputs / 32 steps; the stores write the
+                // 32 × 32 floats of `accumulators` (128 bytes a row).
+                unsafe {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        "2:",
+                        "tileloadd tmm4, [{upper} + {row_stride} * 1]",
+                        "tileloadd tmm5, [{lower} + {row_stride} * 1]",
+                        "tileloadd tmm6, [{low} + {pair_stride} * 1]",
+                        "tileloadd tmm7, [{high} + {pair_stride} * 1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        "add {upper}, 64",
+                        "add {lower}, 64",
+                        "add {low}, 1024",
+                        "add {high}, 1024",
+                        "dec {steps}",
+                        "jnz 2b",
+                        "tilestored [{stored} + {out_stride} * 1], tmm0",
+                        "tilestored [{stored} + {out_stride} * 1 + 64], tmm1",
+                        "tilestored [{stored} + {out_stride} * 1 + 2048], tmm2",
+                        "tilestored [{stored} + {out_stride} * 1 + 2112], tmm3",
+                        upper = inout(reg) upper.as_ptr() => _,
+                        lower = inout(reg) lower.as_ptr() => _,
+                        low = inout(reg) low.as_ptr() => _,
+                        high = inout(reg) high.as_ptr() => _,
+                        steps = inout(reg) steps => _,
+                        row_stride = in(reg) row_stride,
+                        pair_stride = in(reg) 64usize,
+                        stored = in(reg) stored,
+                        out_stride = in(reg) PANEL * 4,
+                        options(nostack)
+                    );
+                }
+                let Some(bias) = layer.bias[index * PANEL..].first_chunk::<PANEL>() else {
+                    continue;
+                };
+                let mut view = out.block(first_row, panel * PANEL, PANEL);
+                for (row, values) in accumulators.0.iter_mut().take(rows - first_row).enumerate() {
+                    for (value, b) in values.iter_mut().zip(bias) {
+                        *value += b;
+                    }
+                    // SAFETY: AMX implies AVX-512 and FMA, which `finish`
+                    // is compiled for.
+                    unsafe { finish(values, panels.activation, view.row(row)) };
+                }
+            }
+        }
+        // SAFETY: releases the tile state this function configured.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// The epilogue, compiled with FMA so GELU's multiply-adds are fused.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    fn finish(values: &mut [f32; PANEL], activation: Activation, out: &mut [f32]) {
+        finish_row::<true>(values, activation, out);
     }
 }
 
@@ -931,7 +1096,14 @@ mod tests {
 
     #[test]
     fn bf16_layers_compute_the_products_of_rounded_values() {
-        let (inputs, outputs) = (70, 96);
+        // 70 inputs: the AVX512-BF16 tiles; 64: AMX where granted.
+        for inputs in [70, 64] {
+            bf16_layer_matches(inputs);
+        }
+    }
+
+    fn bf16_layer_matches(inputs: usize) {
+        let outputs = 96;
         let weight = matrix(outputs * inputs, 5);
         let bias = matrix(outputs, 6);
         let native =
@@ -963,7 +1135,7 @@ mod tests {
         };
         let rounded_weight = rounded(&weight);
         for activation in [Activation::Identity, Activation::Gelu] {
-            for rows in (1..=13).chain([50, 100]) {
+            for rows in (1..=13).chain([16, 31, 32, 33, 50, 100]) {
                 let x = matrix(rows * inputs, rows as u32 + 9);
                 let want = naive(
                     &rounded(&x),
@@ -979,7 +1151,7 @@ mod tests {
                         let worst = max_difference(&out, &want);
                         assert!(
                             worst < 1e-4,
-                            "{name}, {rows} rows, {activation:?}, {threads:?}: off by {worst}"
+                            "{name}, {inputs} inputs, {rows} rows, {activation:?}, {threads:?}: off by {worst}"
                         );
                     }
                 }

@@ -11,9 +11,9 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-/// The environment variable that caps the level: `avx512-bf16`, `avx512`,
-/// `avx2` or `portable` (`MODALKIT_CPU_BASELINE=1`, the older name, means
-/// `portable`).
+/// The environment variable that caps the level: `amx`, `avx512-bf16`,
+/// `avx512`, `avx2` or `portable` (`MODALKIT_CPU_BASELINE=1`, the older
+/// name, means `portable`).
 pub const ISA_VARIABLE: &str = "MODALKIT_CPU_ISA";
 
 /// An instruction-set level the kernels are compiled for, lowest first.
@@ -28,11 +28,21 @@ pub enum Isa {
     /// AVX-512 with AVX512-BF16: bf16 products (`vdpbf16ps`) for models
     /// at bf16 precision; fp32 kernels as [`Isa::Avx512`].
     Avx512Bf16,
+    /// AVX512-BF16 and AMX tiles (`tdpbf16ps`, 16 × 16 × 32 products an
+    /// instruction), where the kernel grants the tile state: bf16 models'
+    /// linear layers on tiles; fp32 kernels as [`Isa::Avx512`].
+    Amx,
 }
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+    pub const ALL: [Isa; 5] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Bf16,
+        Isa::Amx,
+    ];
 
     /// The name used in `MODALKIT_CPU_ISA`, logs and `/ready`.
     pub fn name(self) -> &'static str {
@@ -41,6 +51,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512-bf16",
+            Isa::Amx => "amx",
         }
     }
 
@@ -73,7 +84,10 @@ pub fn detected() -> Isa {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512dq");
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        if avx2 && avx512 && is_x86_feature_detected!("avx512bf16") {
+        let bf16 = avx2 && avx512 && is_x86_feature_detected!("avx512bf16");
+        if bf16 && amx_granted() {
+            Isa::Amx
+        } else if bf16 {
             Isa::Avx512Bf16
         } else if avx2 && avx512 {
             Isa::Avx512
@@ -87,6 +101,49 @@ pub fn detected() -> Isa {
     {
         Isa::Portable
     }
+}
+
+/// Whether the CPU has AMX tiles with bf16 products and the kernel lets
+/// this process use them (Linux asks each process to request the tile
+/// state, `arch_prctl(ARCH_REQ_XCOMP_PERM)`); asked once.
+#[cfg(target_arch = "x86_64")]
+fn amx_granted() -> bool {
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    *GRANTED.get_or_init(|| {
+        // CPUID leaf 7: AMX-BF16 is EDX bit 22, AMX-TILE bit 24.
+        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+        if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
+            return false;
+        }
+        request_tile_state()
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amx_granted() -> bool {
+    false
+}
+
+/// Asks Linux for the AMX tile data state (feature 18).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unsafe_code)]
+fn request_tile_state() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with this request only changes which state
+    // components the kernel saves for this process; it reads no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_state() -> bool {
+    false
 }
 
 /// The cap set by the environment: `Ok(None)` when unset, an error naming
@@ -127,6 +184,12 @@ pub fn avx512() -> bool {
 #[inline]
 pub fn avx512_bf16() -> bool {
     active() >= Isa::Avx512Bf16
+}
+
+/// Whether bf16 linear layers run on AMX tiles.
+#[inline]
+pub fn amx() -> bool {
+    active() >= Isa::Amx
 }
 
 /// Whether the AVX2 (or better) builds of the kernels run.
@@ -175,7 +238,8 @@ macro_rules! multiversion {
                     // SAFETY: `avx512` is compiled for features this CPU was
                     // checked (at run time, by `isa::detected`) to support.
                     $crate::encoder::cpu::isa::Isa::Avx512
-                    | $crate::encoder::cpu::isa::Isa::Avx512Bf16 => return unsafe { avx512($($arg),*) },
+                    | $crate::encoder::cpu::isa::Isa::Avx512Bf16
+                    | $crate::encoder::cpu::isa::Isa::Amx => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above, for AVX2 and FMA.
                     $crate::encoder::cpu::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
                     $crate::encoder::cpu::isa::Isa::Portable => {}

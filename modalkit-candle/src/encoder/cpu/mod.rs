@@ -155,12 +155,14 @@ impl CpuEncoder {
         self.precision
     }
 
-    /// The kernels the linear layers run on, for logs and `/ready`:
-    /// `avx512-bf16` for bf16 on a CPU that has it, else the fp32 level.
+    /// The kernels the linear layers run on, for logs and `/ready`: at
+    /// bf16, `amx` where the tiles are granted (layers whose inputs are not
+    /// a multiple of 32 take the AVX512-BF16 tiles) or `avx512-bf16`; else
+    /// the fp32 level.
     pub fn kernels(&self) -> &'static str {
         let level = isa::active();
         if self.precision == Precision::Bf16 && level >= isa::Isa::Avx512Bf16 {
-            return isa::Isa::Avx512Bf16.name();
+            return level.name();
         }
         level.min(isa::Isa::Avx512).name()
     }
