@@ -295,7 +295,7 @@ async fn the_next_batch_forms_while_one_computes() {
 }
 
 #[tokio::test]
-async fn a_batch_stops_at_its_token_budget_and_always_takes_its_first_item() {
+async fn a_token_budget_takes_the_oldest_then_the_cheapest_that_fit() {
     let config = BatcherConfig {
         max_batch_cost: Some(250),
         ..config(8, 0)
@@ -329,11 +329,13 @@ async fn a_batch_stops_at_its_token_budget_and_always_takes_its_first_item() {
         ticket.await.unwrap();
     }
     let ids: Vec<Vec<u64>> = batches(&log).into_iter().map(|b| b.ids).collect();
-    // The slow one; 100 + 100 (a third would make 300); 100 + 10 + 10
-    // (400 would pass 250); 400 alone, over the budget but first; the 5.
+    // The slow one; then the oldest (1, 100) and the cheapest that fit:
+    // 5, 10, 10 and one more 100 (225; the third 100 would make 325), in
+    // arrival order; then the oldest left (3) alone, as 400 would pass the
+    // budget; then the 400, over the budget but the oldest.
     assert_eq!(
         ids,
-        vec![vec![0], vec![1, 2], vec![3, 4, 5], vec![6], vec![7]]
+        vec![vec![0], vec![1, 2, 4, 5, 7], vec![3], vec![6]]
     );
 }
 

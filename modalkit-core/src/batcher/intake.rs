@@ -406,31 +406,63 @@ impl<P: InferencePipeline> Shared<P> {
         })
     }
 
-    /// Takes up to `max` live items, in arrival order, while their summed
-    /// cost stays within `max_batch_cost` (the first is always taken),
-    /// discarding dead ones on the way.
+    /// Takes up to `max` live items, discarding dead ones at the front.
+    /// Without a cost budget, in arrival order. With one (`max_batch_cost`),
+    /// the oldest item first (so every item gets its turn), then the
+    /// cheapest queued items while the summed cost stays within the budget,
+    /// so a short request joins the next batch rather than waiting behind
+    /// every long one queued before it; the batch keeps arrival order.
     fn take_batch(&self, queue: &mut Queue<P>, max: usize, now: Instant) -> Vec<Pending<P>> {
         let mut batch = Vec::with_capacity(max.min(queue.items.len()));
-        let budget = self.config.max_batch_cost.unwrap_or(usize::MAX);
-        let mut cost = 0usize;
-        while batch.len() < max {
-            let Some(front) = queue.items.front() else {
-                break;
-            };
-            let live = !(front.cancelled() || front.deadline <= now);
-            if live && !batch.is_empty() && cost.saturating_add(front.cost) > budget {
-                break;
-            }
-            let Some(item) = queue.items.pop_front() else {
-                break;
-            };
-            if live {
-                cost = cost.saturating_add(item.cost);
-                batch.push(item);
-            } else {
+        // The oldest live item.
+        while let Some(item) = queue.items.pop_front() {
+            if item.cancelled() || item.deadline <= now {
                 self.discard(item, now);
+            } else {
+                batch.push(item);
+                break;
             }
         }
+        let Some(budget) = self.config.max_batch_cost else {
+            while batch.len() < max {
+                let Some(item) = queue.items.pop_front() else {
+                    break;
+                };
+                if item.cancelled() || item.deadline <= now {
+                    self.discard(item, now);
+                } else {
+                    batch.push(item);
+                }
+            }
+            return batch;
+        };
+        let mut cost = batch.first().map_or(0, |item| item.cost);
+        let mut by_cost: Vec<(usize, usize)> = queue
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| !(item.cancelled() || item.deadline <= now))
+            .map(|(index, item)| (item.cost, index))
+            .collect();
+        by_cost.sort_unstable();
+        let mut chosen: Vec<usize> = Vec::new();
+        for (item_cost, index) in by_cost {
+            if batch.len() + chosen.len() >= max || cost.saturating_add(item_cost) > budget {
+                break;
+            }
+            cost = cost.saturating_add(item_cost);
+            chosen.push(index);
+        }
+        // Removed from the back first, so the other indices stay valid;
+        // then put back in arrival order.
+        chosen.sort_unstable();
+        let mut taken: Vec<Pending<P>> = chosen
+            .iter()
+            .rev()
+            .filter_map(|&index| queue.items.remove(index))
+            .collect();
+        taken.reverse();
+        batch.extend(taken);
         batch
     }
 

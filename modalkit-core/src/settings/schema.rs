@@ -278,9 +278,11 @@ pub struct BatchConfig {
     pub adaptive_wait_ms: f64,
     /// Most tokens in one batch (modalkit-rs only), as the pipeline counts
     /// an item's cost (`InferencePipeline::cost`: tokens for a text model,
-    /// 1 otherwise); a batch always takes its first item. Bounds a batch's
-    /// compute time, so a short request never waits behind a batch of many
-    /// long ones. None: only `max_batch_size` bounds a batch.
+    /// 1 otherwise). A batch takes the oldest queued item, then the
+    /// cheapest ones that fit: its compute time is bounded and a short
+    /// request joins the next batch instead of queueing behind every long
+    /// one. None: batches in arrival order, bounded by `max_batch_size`
+    /// only.
     #[serde(default)]
     #[garde(inner(range(min = 1, max = 100_000_000)))]
     pub max_batch_tokens: Option<usize>,
