@@ -8,8 +8,9 @@
 //!
 //! On a CPU with AVX2 + FMA or AVX-512 the encoder is the project's own
 //! ([`modalkit::candle::encoder::cpu`]: packed
-//! weights, no padding, kernels per ISA; `/ready` names the one in use as
-//! `cpu (avx2)`); elsewhere (CUDA, or a CPU without AVX2) it is [`BertEncoder`] on candle's ops, fed batches sorted by length and cut into
+//! weights, no padding, kernels per ISA; `/ready` names the kernels and
+//! the precision in use, e.g. `cpu (avx2, fp32)`; the entry's
+//! `precision: bf16` runs the linear layers in bf16 on AMX or AVX512-BF16); elsewhere (CUDA, or a CPU without AVX2) it is [`BertEncoder`] on candle's ops, fed batches sorted by length and cut into
 //! groups padded only to their own longest item.
 //!
 //! Input `{"text": "..."}` (at most 20,000 characters; empty is allowed and
