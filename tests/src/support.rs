@@ -391,3 +391,25 @@ pub fn write_report(name: &str, text: &str) {
     std::fs::create_dir_all(&reports).expect("reports folder");
     std::fs::write(reports.join(name), format!("{}\n", text.trim_end())).expect("report written");
 }
+
+/// The value of the series `series` (name and labels, as scraped) in a
+/// Prometheus scrape; 0 when absent.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The server at `base_url`'s `/metrics` text.
+pub async fn scrape(base_url: &str) -> String {
+    client()
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics text")
+}

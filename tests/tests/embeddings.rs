@@ -183,6 +183,25 @@ async fn device_cuda_on_a_cpu_only_build_fails_start_up_clearly() {
     );
 }
 
+/// Runs test `name` of this binary again in a child process with the
+/// kernels capped at `level` (the level is chosen once per process) and
+/// returns its output; fails if the child fails.
+fn run_capped(name: &str, level: modalkit::candle::encoder::cpu::isa::Isa) -> String {
+    use modalkit::candle::encoder::cpu::isa;
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env(isa::ISA_VARIABLE, level.name())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout).into_owned();
+    assert!(
+        child.status.success(),
+        "{level} run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    stdout
+}
+
 /// Marks the output of a child run of `native_encoder_matches_candle_encoder`.
 const CHILD_REPORT: &str = "native-vs-candle isa=";
 
@@ -262,21 +281,7 @@ fn native_encoder_matches_candle_encoder() {
         .into_iter()
         .filter(|&level| level < isa::active() && level <= isa::Isa::Avx512)
     {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "native_encoder_matches_candle_encoder",
-                "--nocapture",
-            ])
-            .env(isa::ISA_VARIABLE, lower.name())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&child.stdout);
-        assert!(
-            child.status.success(),
-            "{lower} run failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&child.stderr)
-        );
+        let stdout = run_capped("native_encoder_matches_candle_encoder", lower);
         assert!(
             stdout.contains(&format!("{CHILD_REPORT}{lower}\n")),
             "the child did not run the {lower} kernels:\n{stdout}"
@@ -482,21 +487,7 @@ fn bf16_stays_within_its_quality_bounds() {
         .into_iter()
         .filter(|&level| level < isa::active())
     {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "bf16_stays_within_its_quality_bounds",
-                "--nocapture",
-            ])
-            .env(isa::ISA_VARIABLE, lower.name())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&child.stdout);
-        assert!(
-            child.status.success(),
-            "{lower} run failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&child.stderr)
-        );
+        let stdout = run_capped("bf16_stays_within_its_quality_bounds", lower);
         let line = stdout
             .lines()
             .find(|line| line.starts_with(BF16_REPORT))

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use modalkit_tests::support::{TestServer, client, echo_settings_with, post_json};
+use modalkit_tests::support::{
+    TestServer, client, echo_settings_with, metric_value, post_json, scrape,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,19 +22,7 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 /// A counter or gauge in `/metrics` (0 when not yet recorded).
 async fn metric(server: &TestServer, series: &str) -> f64 {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
+    metric_value(&scrape(&server.base_url).await, series)
 }
 
 fn address(server: &TestServer) -> String {

@@ -27,6 +27,18 @@ async fn queue_url(client: &aws_sdk_sqs::Client, name: &str) -> Option<String> {
 
 /// Sends `body` as a message with an id of its own (FIFO queues deduplicate
 /// by it), as the SQS backend's callers do.
+/// An echo server whose results go to SQS on `moto`.
+async fn sqs_server(moto: &Moto) -> TestServer {
+    let settings = settings_from_yaml(
+        "app_settings:\n  app_prefix: sqs\n  queue_config: {backend: sqs}\nmodel_settings:\n  model_entries:\n    echo: {}\n",
+    );
+    let options = ServerOptions {
+        aws_config: Some(moto.aws_config()),
+        ..Default::default()
+    };
+    TestServer::builder(settings).options(options).start().await
+}
+
 async fn send(sqs: &SqsQueue, queue: &str, body: &str) -> Result<(), QueueError> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     sqs.send(queue, body, &Labels::message(&id)).await
@@ -179,14 +191,7 @@ async fn an_oversized_message_fails_clearly_and_is_dead_lettered_at_once() {
 #[tokio::test]
 async fn predict_async_results_land_in_the_named_sqs_queues() {
     let moto = Moto::shared();
-    let settings = settings_from_yaml(
-        "app_settings:\n  app_prefix: sqs\n  queue_config: {backend: sqs}\nmodel_settings:\n  model_entries:\n    echo: {}\n",
-    );
-    let options = ServerOptions {
-        aws_config: Some(moto.aws_config()),
-        ..Default::default()
-    };
-    let server = TestServer::builder(settings).options(options).start().await;
+    let server = sqs_server(moto).await;
     let (ok_queue, err_queue) = (unique_queue("ok"), unique_queue("err"));
     let http = client();
     let good = json!({"message": {"text": "queued"}, "success_queue": ok_queue, "failure_queue": err_queue, "meta": {"id": "g"}});
@@ -303,14 +308,7 @@ async fn a_missing_ssm_parameter_fails_start_up_clearly() {
 #[tokio::test]
 async fn a_queue_name_sqs_refuses_is_a_422_at_submit_and_a_dead_letter_at_once_on_send() {
     let moto = Moto::shared();
-    let settings = settings_from_yaml(
-        "app_settings:\n  app_prefix: sqs\n  queue_config: {backend: sqs}\nmodel_settings:\n  model_entries:\n    echo: {}\n",
-    );
-    let options = ServerOptions {
-        aws_config: Some(moto.aws_config()),
-        ..Default::default()
-    };
-    let server = TestServer::builder(settings).options(options).start().await;
+    let server = sqs_server(moto).await;
     for (field, name) in [("success_queue", "my results"), ("failure_queue", "x.y")] {
         let mut body = json!({"message": {"text": "never run"}, "success_queue": "fine"});
         body[field] = json!(name);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
-use modalkit_tests::support::{ServerProcess, echoes};
+use modalkit_tests::support::{ServerProcess, echoes, metric_value};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_modalkit-test-server");
@@ -101,18 +101,8 @@ async fn wait_until_empty(client: &aws_sdk_sqs::Client, url: &str, limit: Durati
     }
 }
 
-/// The value of the series `series` (name and labels, as scraped) in a
-/// Prometheus scrape; 0 when absent.
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn batches_run(metrics: &str) -> f64 {
-    metric(metrics, "modalkit_batch_size_count{model=\"echo\"}")
+    metric_value(metrics, "modalkit_batch_size_count{model=\"echo\"}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -266,7 +256,7 @@ async fn a_message_this_binary_cannot_deliver_is_refused_and_left_on_the_queue()
             .text()
             .await
             .unwrap();
-        if metric(&metrics, "modalkit_input_messages_refused_total") >= 2.0 {
+        if metric_value(&metrics, "modalkit_input_messages_refused_total") >= 2.0 {
             break;
         }
         assert!(

@@ -37,6 +37,25 @@ use request::RequestWatch;
 
 pub(crate) use request::body_timeout_in;
 
+/// What the listener serves: the router, cloned per connection.
+pub(crate) trait Router:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Router for S where
+    S: tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The connection limits of `server_config`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectionLimits {
@@ -61,19 +80,12 @@ impl ConnectionLimits {
 /// Serves `service` on `listener` until `stop` resolves; then stops
 /// accepting, closes idle connections, lets those serving a request finish
 /// it, and returns once every connection is closed.
-pub(crate) async fn serve<S>(
+pub(crate) async fn serve<S: Router>(
     listener: TcpListener,
     service: S,
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
-) where
-    S: tower::Service<Request, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let cap = descriptors::connection_cap(limits.max_connections);
     let permits = Arc::new(Semaphore::new(cap));
     let lingering = Arc::new(Semaphore::new(LINGERING));
@@ -116,19 +128,12 @@ pub(crate) async fn serve<S>(
 }
 
 /// Serves one connection under its watchdog.
-async fn serve_connection<S>(
+async fn serve_connection<S: Router>(
     stream: TcpStream,
     service: S,
     limits: ConnectionLimits,
     mut shutdown_requested: watch::Receiver<bool>,
-) where
-    S: tower::Service<Request, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
     let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));

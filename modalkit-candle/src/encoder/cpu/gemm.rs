@@ -276,7 +276,15 @@ fn block(
             rows.resize(x.len(), 0);
             to_bf16_slice(x, rows);
             let heights = tile_heights(count, MAX_TILE_ROWS);
-            compute_panels_bf16(rows, &heights, layer, weights, &panels, out);
+            compute_panels(
+                rows,
+                &heights,
+                layer,
+                weights,
+                &panels,
+                out,
+                avx512_bf16::tile,
+            );
         }),
     }
 }
@@ -298,7 +306,7 @@ fn block_with(
     out: &mut ColumnsMut,
 ) {
     let heights = tile_heights(x.len() / layer.inputs, kernel.max_rows);
-    compute_panels(kernel, x, &heights, layer, weights, panels, out);
+    compute_panels(x, &heights, layer, weights, panels, out, kernel.compute);
 }
 
 /// Tiles of balanced heights (26 rows: 9 + 9 + 8, not 12 + 12 + 2), as
@@ -334,15 +342,16 @@ struct Panels {
     activation: Activation,
 }
 
-/// The tiles of `x` (given as `(first row, rows)`) against `panels`.
-fn compute_panels(
-    kernel: TileKernel,
-    x: &[f32],
+/// The tiles of `x` (given as `(first row, rows)`) against `panels`, each
+/// computed by `compute(rows, tile, out)`: fp32 or bf16 rows and weights.
+fn compute_panels<T>(
+    x: &[T],
     heights: &[(usize, usize)],
     layer: &PackedLinear,
-    all_weights: &[f32],
+    all_weights: &[T],
     panels: &Panels,
     out: &mut ColumnsMut,
+    compute: impl Fn(usize, &Tile<T>, &mut ColumnsMut),
 ) {
     let inputs = layer.inputs;
     assert_eq!(out.width(), panels.count * PANEL, "output columns");
@@ -360,57 +369,21 @@ fn compute_panels(
                 bias,
                 activation: panels.activation,
             };
-            (kernel.compute)(height, &tile, &mut out.block(start, panel * PANEL, PANEL));
-        }
-    }
-}
-
-/// [`compute_panels`] for bf16 rows and weights, on the AVX512-BF16 tile.
-fn compute_panels_bf16(
-    x: &[u16],
-    heights: &[(usize, usize)],
-    layer: &PackedLinear,
-    all_weights: &[u16],
-    panels: &Panels,
-    out: &mut ColumnsMut,
-) {
-    let inputs = layer.inputs;
-    assert_eq!(out.width(), panels.count * PANEL, "output columns");
-    for panel in 0..panels.count {
-        let index = panels.first + panel;
-        let weights = &all_weights[index * inputs * PANEL..(index + 1) * inputs * PANEL];
-        let Some(bias) = layer.bias[index * PANEL..].first_chunk::<PANEL>() else {
-            return;
-        };
-        for &(start, height) in heights {
-            let tile = Bf16Tile {
-                x: &x[start * inputs..(start + height) * inputs],
-                inputs,
-                weights,
-                bias,
-                activation: panels.activation,
-            };
-            avx512_bf16::tile(height, &tile, &mut out.block(start, panel * PANEL, PANEL));
+            compute(height, &tile, &mut out.block(start, panel * PANEL, PANEL));
         }
     }
 }
 
 /// A tile's inputs in bf16: `x` its rows (`rows × inputs` bf16 bits),
 /// `weights` one panel (two halves of `inputs / 2 × HALF × 2`).
-struct Bf16Tile<'a> {
-    x: &'a [u16],
-    inputs: usize,
-    weights: &'a [u16],
-    bias: &'a [f32; PANEL],
-    activation: Activation,
-}
+type Bf16Tile<'a> = Tile<'a, u16>;
 
 /// The inputs of one tile: `x` is its rows (`rows × inputs`, row-major),
 /// `weights` one panel (two halves of `inputs × HALF`).
-struct Tile<'a> {
-    x: &'a [f32],
+struct Tile<'a, T = f32> {
+    x: &'a [T],
     inputs: usize,
-    weights: &'a [f32],
+    weights: &'a [T],
     bias: &'a [f32; PANEL],
     activation: Activation,
 }
@@ -455,6 +428,28 @@ fn portable_tile(rows: usize, tile: &Tile, out: &mut ColumnsMut) {
     }
 }
 
+/// `$kernel::<ROWS>(args)` for `$rows` in 1..=12 (12 for anything more):
+/// the tile kernels take their row count as a const generic, so their
+/// accumulators are arrays the compiler keeps in registers.
+macro_rules! for_rows {
+    ($rows:expr, $kernel:ident, $($arg:expr),*) => {
+        match $rows {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            7 => $kernel::<7>($($arg),*),
+            8 => $kernel::<8>($($arg),*),
+            9 => $kernel::<9>($($arg),*),
+            10 => $kernel::<10>($($arg),*),
+            11 => $kernel::<11>($($arg),*),
+            _ => $kernel::<12>($($arg),*),
+        }
+    };
+}
+
 /// The tile in AVX-512 registers: each row's 32 accumulators are two
 /// vectors, the weights of one input two loads, each activation one
 /// broadcast; 12 rows use 24 of the 32 vector registers.
@@ -480,43 +475,45 @@ mod avx512 {
         assert!((1..=MAX_TILE_ROWS).contains(&rows), "tile of {rows} rows");
         // SAFETY: the CPU supports AVX-512F/VL/BW/DQ and FMA (asserted
         // above), which is all `rows_of` is compiled for.
-        unsafe {
-            match rows {
-                1 => rows_of::<1>(tile, out),
-                2 => rows_of::<2>(tile, out),
-                3 => rows_of::<3>(tile, out),
-                4 => rows_of::<4>(tile, out),
-                5 => rows_of::<5>(tile, out),
-                6 => rows_of::<6>(tile, out),
-                7 => rows_of::<7>(tile, out),
-                8 => rows_of::<8>(tile, out),
-                9 => rows_of::<9>(tile, out),
-                10 => rows_of::<10>(tile, out),
-                11 => rows_of::<11>(tile, out),
-                _ => rows_of::<12>(tile, out),
+        unsafe { for_rows!(rows, rows_of, tile, out) }
+    }
+
+    /// 16 floats into a vector (inlined into kernels compiled for AVX-512F).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) fn load(values: &[f32; HALF]) -> std::arch::x86_64::__m512 {
+        // SAFETY: reads exactly the 16 floats of `values`; only inlined
+        // into functions compiled for AVX-512F.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(values.as_ptr()) }
+    }
+
+    /// Stores a tile's accumulators (two vectors a row), applying the
+    /// activation (inlined into kernels compiled for AVX-512F and FMA).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) fn store_rows<const ROWS: usize>(
+        low: &[std::arch::x86_64::__m512; ROWS],
+        high: &[std::arch::x86_64::__m512; ROWS],
+        activation: super::Activation,
+        out: &mut ColumnsMut,
+    ) {
+        for row in 0..ROWS {
+            let mut values = [0f32; PANEL];
+            let (first, second) = values.split_at_mut(16);
+            // SAFETY: each store writes exactly the 16 floats of its half.
+            unsafe {
+                std::arch::x86_64::_mm512_storeu_ps(first.as_mut_ptr(), low[row]);
+                std::arch::x86_64::_mm512_storeu_ps(second.as_mut_ptr(), high[row]);
             }
+            finish_row::<true>(&mut values, activation, out.row(row));
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
     fn rows_of<const ROWS: usize>(tile: &Tile, out: &mut ColumnsMut) {
-        use std::arch::x86_64::{
-            __m512, _MM_HINT_T0, _mm_prefetch, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps,
-            _mm512_storeu_ps,
-        };
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch, _mm512_fmadd_ps, _mm512_set1_ps};
 
-        #[inline(always)]
-        fn load(values: &[f32; HALF]) -> __m512 {
-            // SAFETY: reads exactly the 16 floats of `values`; AVX-512F is
-            // enabled in the only caller.
-            unsafe { _mm512_loadu_ps(values.as_ptr()) }
-        }
-        #[inline(always)]
-        fn store(vector: __m512, values: &mut [f32; 16]) {
-            // SAFETY: writes exactly the 16 floats of `values`.
-            unsafe { _mm512_storeu_ps(values.as_mut_ptr(), vector) }
-        }
         let (bias_low, bias_high) = tile.bias.as_chunks::<HALF>().0.split_at(1);
         let mut low = [load(&bias_low[0]); ROWS];
         let mut high = [load(&bias_high[0]); ROWS];
@@ -540,18 +537,7 @@ mod avx512 {
                 high[row] = _mm512_fmadd_ps(value, w_high, high[row]);
             }
         }
-        for row in 0..ROWS {
-            let mut values = [0f32; PANEL];
-            let (first, second) = values.split_at_mut(16);
-            if let (Some(first), Some(second)) = (
-                first.first_chunk_mut::<16>(),
-                second.first_chunk_mut::<16>(),
-            ) {
-                store(low[row], first);
-                store(high[row], second);
-            }
-            finish_row::<true>(&mut values, tile.activation, out.row(row));
-        }
+        store_rows(&low, &high, tile.activation, out);
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -721,9 +707,7 @@ mod amx {
 /// inputs, and `vdpbf16ps` adds both products to each accumulator.
 #[allow(unsafe_code)]
 mod avx512_bf16 {
-    use super::{
-        Bf16Tile, ColumnsMut, HALF, MAX_TILE_ROWS, PANEL, PREFETCH_AHEAD, finish_row, isa,
-    };
+    use super::{Bf16Tile, ColumnsMut, HALF, MAX_TILE_ROWS, PREFETCH_AHEAD, isa};
 
     /// Computes a tile of `rows` (1..=12) rows. Panics if the CPU lacks
     /// AVX512-BF16 ([`isa::avx512_bf16`]).
@@ -735,31 +719,18 @@ mod avx512_bf16 {
         assert!((1..=MAX_TILE_ROWS).contains(&rows), "tile of {rows} rows");
         // SAFETY: the CPU supports AVX-512F/VL/BW/DQ, AVX512-BF16 and FMA
         // (asserted above), which is all `rows_of` is compiled for.
-        unsafe {
-            match rows {
-                1 => rows_of::<1>(tile, out),
-                2 => rows_of::<2>(tile, out),
-                3 => rows_of::<3>(tile, out),
-                4 => rows_of::<4>(tile, out),
-                5 => rows_of::<5>(tile, out),
-                6 => rows_of::<6>(tile, out),
-                7 => rows_of::<7>(tile, out),
-                8 => rows_of::<8>(tile, out),
-                9 => rows_of::<9>(tile, out),
-                10 => rows_of::<10>(tile, out),
-                11 => rows_of::<11>(tile, out),
-                _ => rows_of::<12>(tile, out),
-            }
-        }
+        unsafe { for_rows!(rows, rows_of, tile, out) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")]
     fn rows_of<const ROWS: usize>(tile: &Bf16Tile, out: &mut ColumnsMut) {
         use std::arch::x86_64::{
-            __m512, __m512bh, __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_dpbf16_ps,
-            _mm512_loadu_ps, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_storeu_ps,
+            __m512bh, __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_dpbf16_ps, _mm512_loadu_si512,
+            _mm512_set1_epi32,
         };
+
+        use super::avx512::{load, store_rows};
 
         /// 32 bf16 values (16 columns × 2 inputs) of a half panel.
         #[inline(always)]
@@ -769,16 +740,6 @@ mod avx512_bf16 {
             unsafe {
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(values.as_ptr().cast()))
             }
-        }
-        #[inline(always)]
-        fn load(values: &[f32; HALF]) -> __m512 {
-            // SAFETY: reads exactly the 16 floats of `values`.
-            unsafe { _mm512_loadu_ps(values.as_ptr()) }
-        }
-        #[inline(always)]
-        fn store(vector: __m512, values: &mut [f32; 16]) {
-            // SAFETY: writes exactly the 16 floats of `values`.
-            unsafe { _mm512_storeu_ps(values.as_mut_ptr(), vector) }
         }
         let (bias_low, bias_high) = tile.bias.as_chunks::<HALF>().0.split_at(1);
         let mut low = [load(&bias_low[0]); ROWS];
@@ -819,18 +780,7 @@ mod avx512_bf16 {
                 high[row] = _mm512_dpbf16_ps(high[row], value, w_high);
             }
         }
-        for row in 0..ROWS {
-            let mut values = [0f32; PANEL];
-            let (first, second) = values.split_at_mut(16);
-            if let (Some(first), Some(second)) = (
-                first.first_chunk_mut::<16>(),
-                second.first_chunk_mut::<16>(),
-            ) {
-                store(low[row], first);
-                store(high[row], second);
-            }
-            finish_row::<true>(&mut values, tile.activation, out.row(row));
-        }
+        store_rows(&low, &high, tile.activation, out);
     }
 
     #[cfg(not(target_arch = "x86_64"))]
