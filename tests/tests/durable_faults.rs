@@ -184,26 +184,35 @@ async fn run(scenario: Scenario) {
     let receive_failures = server.log_text()[log_before.len()..]
         .matches("receiving from the input queue failed")
         .count();
-    // Submits are taken again once the services are back.
+    // Submits are taken again once the services are back: a probe is
+    // submitted every 50 ms until one is accepted (the load itself may
+    // have been refused to its end during the outage).
     let mut submits_recovered = None;
+    let mut probes = 0;
     if scenario.during == During::Submits {
-        let before = accepted.lock().await.len();
         while submits_recovered.is_none() {
-            if accepted.lock().await.len() > before {
-                submits_recovered = Some(resumed.elapsed());
-            } else {
-                assert!(
-                    resumed.elapsed() < Duration::from_secs(30),
-                    "submits still refused 30 s after the outage"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(
+                resumed.elapsed() < Duration::from_secs(30),
+                "submits still refused 30 s after the outage"
+            );
+            let index = scenario.jobs + probes;
+            probes += 1;
+            match submit(&http, &server.base_url, &body(index)).await {
+                Submitted::Accepted(id) => {
+                    accepted.lock().await.insert(id, index);
+                    submits_recovered = Some(resumed.elapsed());
+                }
+                Submitted::Refused => {
+                    refused.lock().await.insert(index);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     }
     while submitters.join_next().await.is_some() {}
     let accepted = accepted.lock().await.clone();
     let refused = refused.lock().await.clone();
-    assert_eq!(accepted.len() + refused.len(), scenario.jobs);
+    assert_eq!(accepted.len() + refused.len(), scenario.jobs + probes);
     if scenario.during == During::Submits {
         assert!(
             refused.len() > refused_before,
@@ -289,7 +298,7 @@ async fn run(scenario: Scenario) {
 
     let report = format!(
         "durable fault '{}': {:?} away for {:.1}s during {:?}: {} submitted, {} accepted ({} during the outage), \
-         {} refused with 503; {} results delivered for {} jobs ({} duplicates, {} for refused submits), \
+         {} refused with 503 ({} probes after it); {} results delivered for {} jobs ({} duplicates, {} for refused submits), \
          0 lost, 0 dead-lettered; {} receive failures logged during the outage (backoff); \
          {} job ends not recorded and run again, {} redelivered messages of ended jobs dropped; \
          submits taken again {} after, all jobs ended {:.1}s after the services came back",
@@ -297,10 +306,11 @@ async fn run(scenario: Scenario) {
         scenario.away,
         scenario.outage.as_secs_f64(),
         scenario.during,
-        scenario.jobs,
+        scenario.jobs + probes,
         accepted.len(),
         accepted_in_outage.saturating_sub(outage_starts_at),
         refused.len(),
+        probes,
         delivered.len(),
         deliveries.len(),
         duplicates,
