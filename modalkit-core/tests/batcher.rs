@@ -333,10 +333,7 @@ async fn a_token_budget_takes_the_oldest_then_the_cheapest_that_fit() {
     // 5, 10, 10 and one more 100 (225; the third 100 would make 325), in
     // arrival order; then the oldest left (3) alone, as 400 would pass the
     // budget; then the 400, over the budget but the oldest.
-    assert_eq!(
-        ids,
-        vec![vec![0], vec![1, 2, 4, 5, 7], vec![3], vec![6]]
-    );
+    assert_eq!(ids, vec![vec![0], vec![1, 2, 4, 5, 7], vec![3], vec![6]]);
 }
 
 /// Eight clients that each resubmit as soon as their result arrives, on a
