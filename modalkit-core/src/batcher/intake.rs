@@ -414,29 +414,23 @@ impl<P: InferencePipeline> Shared<P> {
     /// every long one queued before it; the batch keeps arrival order.
     fn take_batch(&self, queue: &mut Queue<P>, max: usize, now: Instant) -> Vec<Pending<P>> {
         let mut batch = Vec::with_capacity(max.min(queue.items.len()));
-        // The oldest live item.
-        while let Some(item) = queue.items.pop_front() {
-            if item.cancelled() || item.deadline <= now {
-                self.discard(item, now);
-            } else {
-                batch.push(item);
-                break;
-            }
-        }
         let Some(budget) = self.config.max_batch_cost else {
             while batch.len() < max {
-                let Some(item) = queue.items.pop_front() else {
+                let Some(item) = self.pop_live_front(queue, now) else {
                     break;
                 };
-                if item.cancelled() || item.deadline <= now {
-                    self.discard(item, now);
-                } else {
-                    batch.push(item);
-                }
+                batch.push(item);
             }
             return batch;
         };
-        let mut cost = batch.first().map_or(0, |item| item.cost);
+        let Some(oldest) = self.pop_live_front(queue, now) else {
+            return batch;
+        };
+        let mut cost = oldest.cost;
+        batch.push(oldest);
+        // Only the `max - 1` cheapest can join: selected in linear time
+        // under the lock, not by sorting the whole queue.
+        let room = max.saturating_sub(1);
         let mut by_cost: Vec<(usize, usize)> = queue
             .items
             .iter()
@@ -444,10 +438,16 @@ impl<P: InferencePipeline> Shared<P> {
             .filter(|(_, item)| !(item.cancelled() || item.deadline <= now))
             .map(|(index, item)| (item.cost, index))
             .collect();
+        if by_cost.len() > room {
+            if room > 0 {
+                by_cost.select_nth_unstable(room - 1);
+            }
+            by_cost.truncate(room);
+        }
         by_cost.sort_unstable();
-        let mut chosen: Vec<usize> = Vec::new();
+        let mut chosen: Vec<usize> = Vec::with_capacity(by_cost.len());
         for (item_cost, index) in by_cost {
-            if batch.len() + chosen.len() >= max || cost.saturating_add(item_cost) > budget {
+            if cost.saturating_add(item_cost) > budget {
                 break;
             }
             cost = cost.saturating_add(item_cost);
@@ -464,6 +464,18 @@ impl<P: InferencePipeline> Shared<P> {
         taken.reverse();
         batch.extend(taken);
         batch
+    }
+
+    /// The oldest live item, discarding dead ones before it.
+    fn pop_live_front(&self, queue: &mut Queue<P>, now: Instant) -> Option<Pending<P>> {
+        while let Some(item) = queue.items.pop_front() {
+            if item.cancelled() || item.deadline <= now {
+                self.discard(item, now);
+            } else {
+                return Some(item);
+            }
+        }
+        None
     }
 
     fn discard(&self, item: Pending<P>, now: Instant) {
