@@ -2,10 +2,12 @@
 //!
 //! - [`translate`]: modalkit's README example (no weights): uppercases text
 //!   and reports a confidence. `cargo run -p modalkit-examples --bin translate`.
-//! - [`embeddings`]: sentence-transformers/all-MiniLM-L6-v2 on candle
-//!   (`scripts/fetch-model.sh`, then `--bin embeddings`).
+//! - [`bert`]: the BERT family on the project's encoder: sentence
+//!   embeddings (all-MiniLM-L6-v2 by default; `scripts/fetch-model.sh`),
+//!   rerankers and classifiers, with TEI's and OpenAI's routes
+//!   (`--bin embeddings`).
 //! - [`noop`]: computes nothing; the HTTP benchmark's subject and a template.
 
-pub mod embeddings;
+pub mod bert;
 pub mod noop;
 pub mod translate;

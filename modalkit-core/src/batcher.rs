@@ -154,6 +154,7 @@ pub struct Batcher<P: InferencePipeline> {
     reload_timer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     state: watch::Receiver<BatcherState>,
     device: String,
+    pipeline: Arc<P>,
 }
 
 impl<P: InferencePipeline> Batcher<P> {
@@ -167,7 +168,7 @@ impl<P: InferencePipeline> Batcher<P> {
     ) -> Result<Self, StartupError> {
         let (state_tx, state_rx) = watch::channel(BatcherState::Serving);
         let shared = Arc::new(intake::Shared::new(model, config.clone(), state_tx));
-        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<String, StartupError>>();
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<Arc<P>, StartupError>>();
         let mut workers = Vec::new();
         for index in 0..config.workers.max(1) {
             let ctx = context_for(index);
@@ -184,10 +185,10 @@ impl<P: InferencePipeline> Batcher<P> {
         }
         drop(loaded_tx);
         let mut failure = None;
-        let mut device = String::new();
+        let mut first = None;
         for _ in 0..workers.len() {
             match loaded_rx.recv() {
-                Ok(Ok(loaded_on)) => device = loaded_on,
+                Ok(Ok(pipeline)) => first = first.or(Some(pipeline)),
                 Ok(Err(err)) => failure = failure.or(Some(err)),
                 Err(_) => {
                     failure = failure.or(Some(StartupError::Load {
@@ -197,19 +198,28 @@ impl<P: InferencePipeline> Batcher<P> {
                 }
             }
         }
+        let pipeline = match (failure, first) {
+            (None, Some(pipeline)) => pipeline,
+            (failure, _) => {
+                shared.close();
+                for worker in workers {
+                    let _ = worker.join();
+                }
+                return Err(failure.unwrap_or_else(|| StartupError::Load {
+                    model: model.to_owned(),
+                    message: "no worker loaded".to_owned(),
+                }));
+            }
+        };
         let batcher = Batcher {
             model: model.to_owned(),
             shared,
             workers: Mutex::new(workers),
             reload_timer: Mutex::new(None),
             state: state_rx,
-            device,
+            device: pipeline.device(),
+            pipeline,
         };
-        if let Some(err) = failure {
-            batcher.close();
-            batcher.join();
-            return Err(err);
-        }
         if let Some(interval) = config.reload_interval {
             batcher.start_reload_timer(interval);
         }
@@ -224,6 +234,15 @@ impl<P: InferencePipeline> Batcher<P> {
     /// The device the pipelines loaded on (as they report it).
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// The first worker's pipeline, for what a route needs outside a
+    /// batch and must not queue for: a tokenizer's answer, a model's
+    /// description. It is the instance a worker computes with, so only its
+    /// `&self` methods are reachable, concurrently with batches (and with
+    /// `on_volume_reload`).
+    pub fn pipeline(&self) -> &P {
+        &self.pipeline
     }
 
     /// The batcher's configuration.

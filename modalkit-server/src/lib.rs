@@ -33,6 +33,7 @@ mod routes;
 mod server;
 mod startup;
 mod state;
+pub mod tei;
 mod telemetry;
 mod traces;
 

@@ -72,7 +72,7 @@ pub use modalkit_core::{
 pub use modalkit_macros::{entry, input, output};
 pub use modalkit_server::{
     AppState, EXIT_DEVICE_FAILED, EXIT_STARTUP_FAILED, Server, ServerError, ServerOptions, Stopped,
-    job_store, openai, run, run_with, run_with_routes,
+    job_store, openai, run, run_with, run_with_routes, tei,
 };
 
 /// Settings: `modalkit.yaml` and `MODALKIT_` variables, merged and checked,

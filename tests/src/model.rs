@@ -25,3 +25,23 @@ pub fn minilm_folder() -> PathBuf {
         })
         .clone()
 }
+
+/// `models/NAME`, one of the BERT-family models `scripts/make-models.py`
+/// assembles from MiniLM's files (`minilm-cls-prompts`, `minilm-max`,
+/// `minilm-reranker`, `minilm-classifier`), made (once per test binary) if
+/// missing.
+pub fn family_folder(name: &str) -> PathBuf {
+    static MADE: OnceLock<PathBuf> = OnceLock::new();
+    let models = MADE.get_or_init(|| {
+        minilm_folder();
+        let root = workspace_root();
+        let status = Command::new("python3")
+            .arg(root.join("scripts/make-models.py"))
+            .current_dir(&root)
+            .status()
+            .expect("scripts/make-models.py runs");
+        assert!(status.success(), "scripts/make-models.py failed");
+        root.join("models")
+    });
+    models.join(name)
+}

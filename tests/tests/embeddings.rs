@@ -5,7 +5,7 @@
 //! OpenAI-compatible route, driven by the real `openai` Python client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use modalkit_examples::embeddings::{Embeddings, LoadOptions};
+use modalkit_examples::bert::{Bert, LoadOptions};
 use modalkit_server::ServerOptions;
 use modalkit_tests::model::{minilm_folder, workspace_root};
 use modalkit_tests::support::{TestServer, client, get_json, post_json, settings_from_yaml};
@@ -86,7 +86,7 @@ async fn embeddings_match_sentence_transformers_through_sync_and_batch() {
         "the fixture covers the empty string"
     );
     let server = TestServer::builder(settings_from_yaml(&config("cpu")))
-        .pipeline::<Embeddings>()
+        .pipeline::<Bert>()
         .start()
         .await;
     let http = client();
@@ -141,13 +141,12 @@ async fn device_cuda_on_a_cpu_only_build_fails_start_up_clearly() {
     if candle_core::utils::cuda_is_available() {
         // Built with --features cuda: this check belongs to CPU-only builds.
         let folder = minilm_folder();
-        let loaded =
-            Embeddings::load_folder(&folder, candle_core::Device::Cpu, LoadOptions::default());
+        let loaded = Bert::load_folder(&folder, candle_core::Device::Cpu, LoadOptions::default());
         assert!(loaded.is_ok());
         return;
     }
     for (device, named) in [("cuda", "cuda:0"), ("cuda:1", "cuda:1")] {
-        let error = match modalkit_server::Server::<Embeddings>::build(
+        let error = match modalkit_server::Server::<Bert>::build(
             settings_from_yaml(&config(device)),
             ServerOptions::default(),
         )
@@ -164,7 +163,7 @@ async fn device_cuda_on_a_cpu_only_build_fails_start_up_clearly() {
     }
     // `auto` falls back to the CPU.
     let server = TestServer::builder(settings_from_yaml(&config("auto")))
-        .pipeline::<Embeddings>()
+        .pipeline::<Bert>()
         .start()
         .await;
     let ready: Value = client()
@@ -208,11 +207,11 @@ const CHILD_REPORT: &str = "native-vs-candle isa=";
 #[test]
 fn native_encoder_matches_candle_encoder() {
     use modalkit::candle::encoder::cpu::isa;
-    use modalkit_examples::embeddings::Engine;
+    use modalkit_examples::bert::Engine;
 
     let folder = minilm_folder();
     let load = |engine| {
-        Embeddings::load_folder_with(
+        Bert::load_folder_with(
             &folder,
             candle_core::Device::Cpu,
             LoadOptions::default(),
@@ -292,8 +291,8 @@ fn native_encoder_matches_candle_encoder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_gets_the_same_vectors_from_v1_embeddings() {
     let server = TestServer::builder(settings_from_yaml(&config("cpu")))
-        .pipeline::<Embeddings>()
-        .routes(modalkit::openai::routes::<Embeddings>())
+        .pipeline::<Bert>()
+        .routes(modalkit::openai::routes::<Bert>())
         .start()
         .await;
     let http = client();
@@ -380,7 +379,7 @@ const BF16_REPORT: &str = "bf16 quality: kernels=";
 #[test]
 fn bf16_stays_within_its_quality_bounds() {
     use modalkit::candle::encoder::cpu::{isa, precision::Precision};
-    use modalkit_examples::embeddings::Engine;
+    use modalkit_examples::bert::Engine;
 
     let folder = minilm_folder();
     let load = |precision| {
@@ -388,8 +387,7 @@ fn bf16_stays_within_its_quality_bounds() {
             max_seq_length: None,
             precision,
         };
-        Embeddings::load_folder_with(&folder, candle_core::Device::Cpu, options, Engine::Native)
-            .unwrap()
+        Bert::load_folder_with(&folder, candle_core::Device::Cpu, options, Engine::Native).unwrap()
     };
     let (fp32, bf16) = (load(Precision::Fp32), load(Precision::Bf16));
     let to_f64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use modalkit::InferencePipeline;
 use modalkit::candle::encoder::cpu::precision::Precision;
-use modalkit_examples::embeddings::{EmbeddingInput, Embeddings, LoadOptions};
+use modalkit_examples::bert::{Bert, BertInput, LoadOptions};
 
 /// mimalloc, as the server.
 #[global_allocator]
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         max_seq_length: None,
         precision,
     };
-    let pipeline = match Embeddings::load_folder(&folder, candle_core::Device::Cpu, options) {
+    let pipeline = match Bert::load_folder(&folder, candle_core::Device::Cpu, options) {
         Ok(pipeline) => pipeline,
         Err(err) => {
             eprintln!("cannot load {}: {err}", folder.display());
@@ -58,20 +58,21 @@ fn main() -> ExitCode {
     };
     let mut next = 0usize;
     for size in sizes {
-        let mut batch = || -> Vec<EmbeddingInput> {
+        let mut batch = || -> Vec<BertInput> {
             (0..size)
                 .map(|_| {
                     next = (next + 1) % texts.len();
-                    EmbeddingInput {
-                        text: texts[next].clone(),
-                    }
+                    BertInput::text(texts[next].clone())
                 })
                 .collect()
         };
-        let run = |inputs: &[EmbeddingInput]| -> Result<usize, String> {
+        let run = |inputs: &[BertInput]| -> Result<usize, String> {
             let ids = pipeline.preprocess(inputs).map_err(|e| e.to_string())?;
             let out = pipeline.predict(inputs, ids).map_err(|e| e.to_string())?;
-            let tokens = out.iter().map(|(_, tokens)| tokens).sum();
+            let tokens = out
+                .iter()
+                .map(|item| item.as_ref().map_or(0, |(_, tokens)| *tokens))
+                .sum();
             std::hint::black_box(pipeline.postprocess(inputs, out));
             Ok(tokens)
         };

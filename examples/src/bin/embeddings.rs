@@ -1,4 +1,5 @@
-//! Serves all-MiniLM-L6-v2 sentence embeddings:
+//! Serves the BERT family: sentence embeddings, rerankers and classifiers
+//! (all-MiniLM-L6-v2 on the default config):
 //! `scripts/fetch-model.sh && cargo run --release -p modalkit-examples --bin embeddings -- --config config/embeddings.yaml`.
 
 /// mimalloc keeps freed tensor memory instead of returning it to the OS after
@@ -7,6 +8,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    // modalkit's routes plus the OpenAI-compatible /v1/embeddings.
-    modalkit::openai::run::<modalkit_examples::embeddings::Embeddings>()
+    // modalkit's routes, TEI's (/embed, /rerank, /predict, /tokenize,
+    // /info, Cohere's /v1/rerank) and OpenAI's /v1/embeddings.
+    modalkit::tei::run::<modalkit_examples::bert::Bert>()
 }

@@ -9,6 +9,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::ops::{layer_norm, softmax_last_dim};
 use serde::Deserialize;
 
+use super::input::Pooling;
 use super::weights::Weights;
 
 /// The fields of `config.json` the forward pass needs.
@@ -28,6 +29,45 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     /// Activation; only `gelu` (erf) is supported.
     pub hidden_act: String,
+    /// `model_type`: `bert` (absent in some old folders).
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// `architectures`, e.g. `BertModel` or `BertForSequenceClassification`.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// A classifier's label names by index (`"0"`, `"1"`, ...).
+    #[serde(default)]
+    pub id2label: std::collections::BTreeMap<String, String>,
+    /// `absolute` is the only kind BERT uses and the only one supported.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+impl BertConfig {
+    /// What in this config the encoders cannot run, if anything.
+    pub fn unsupported(&self) -> Option<String> {
+        if let Some(kind) = self.model_type.as_deref().filter(|kind| *kind != "bert") {
+            return Some(format!(
+                "model_type {kind} (only the BERT architecture is supported)"
+            ));
+        }
+        if self.hidden_act != "gelu" {
+            return Some(format!(
+                "hidden_act {} (only gelu is supported)",
+                self.hidden_act
+            ));
+        }
+        if let Some(kind) = self
+            .position_embedding_type
+            .as_deref()
+            .filter(|kind| *kind != "absolute")
+        {
+            return Some(format!(
+                "position_embedding_type {kind} (only absolute is supported)"
+            ));
+        }
+        None
+    }
 }
 
 struct Norm {
@@ -52,7 +92,7 @@ struct Layer {
 pub struct BertEncoder {
     word_embeddings: Tensor,
     position_embeddings: Tensor,
-    token_type_embedding: Tensor,
+    token_type_embeddings: Tensor,
     embedding_norm: Norm,
     layers: Vec<Layer>,
     config: BertConfig,
@@ -85,10 +125,9 @@ impl Loader<'_> {
 impl BertEncoder {
     /// Builds the encoder for `config` on `device` from the model's tensors.
     pub fn load(weights: &mut Weights, config: BertConfig, device: &Device) -> Result<Self> {
-        if config.hidden_act != "gelu" {
+        if let Some(unsupported) = config.unsupported() {
             return Err(candle_core::Error::Msg(format!(
-                "unsupported hidden_act {}",
-                config.hidden_act
+                "unsupported {unsupported}"
             )));
         }
         let mut loader = Loader { weights, device };
@@ -121,11 +160,10 @@ impl BertEncoder {
                 output_norm: loader.norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
-        let token_types = loader.take("embeddings.token_type_embeddings.weight")?;
         Ok(BertEncoder {
             word_embeddings: loader.take("embeddings.word_embeddings.weight")?,
             position_embeddings: loader.take("embeddings.position_embeddings.weight")?,
-            token_type_embedding: token_types.get(0)?,
+            token_type_embeddings: loader.take("embeddings.token_type_embeddings.weight")?,
             embedding_norm: loader.norm("embeddings.LayerNorm")?,
             layers,
             config,
@@ -137,9 +175,15 @@ impl BertEncoder {
         &self.config
     }
 
-    /// `ids` [batch, len] (u32) and `mask` [batch, len] (f32, 1 = token,
-    /// 0 = padding) to hidden states [batch, len, hidden].
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `ids` [batch, len] (u32), `type_ids` [batch, len] (u32; `None`:
+    /// all 0) and `mask` [batch, len] (f32, 1 = token, 0 = padding) to
+    /// hidden states [batch, len, hidden].
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
         let (batch, len) = ids.dims2()?;
         let hidden = self.config.hidden_size;
         let eps = self.config.layer_norm_eps as f32;
@@ -148,9 +192,14 @@ impl BertEncoder {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((batch, len, hidden))?;
         let positions = self.position_embeddings.narrow(0, 0, len)?;
-        let x = words
-            .broadcast_add(&positions)?
-            .broadcast_add(&self.token_type_embedding)?;
+        let types = match type_ids {
+            Some(type_ids) => self
+                .token_type_embeddings
+                .index_select(&type_ids.flatten_all()?, 0)?
+                .reshape((batch, len, hidden))?,
+            None => self.token_type_embeddings.get(0)?.reshape((1, 1, hidden))?,
+        };
+        let x = words.broadcast_add(&positions)?.broadcast_add(&types)?;
         let mut x = layer_norm(
             &x,
             &self.embedding_norm.gamma,
@@ -222,12 +271,21 @@ impl BertEncoder {
     }
 }
 
-/// Mean of the token vectors over the mask, then L2-normalized: [batch, hidden].
-pub fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+/// Pools hidden states [batch, len, hidden] over `mask` [batch, len]
+/// (1 = token) to [batch, hidden], not normalized.
+pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
     let mask = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
-    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-    let mean = summed.broadcast_div(&counts)?;
-    let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-    mean.broadcast_div(&norms)
+    match pooling {
+        Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1),
+        Pooling::Mean => {
+            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+            let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+            summed.broadcast_div(&counts)
+        }
+        Pooling::Max => {
+            // Padding is pushed far below any value before the max.
+            let floor = ((mask.ones_like()? - &mask)? * -1e9)?;
+            hidden.broadcast_add(&floor)?.max(1)
+        }
+    }
 }

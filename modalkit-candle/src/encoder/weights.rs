@@ -34,8 +34,8 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Reads every F32 tensor the encoder can use (skips the pooler and
-    /// `position_ids`); those named in `leave_in_file` are only located.
+    /// Reads every F32 tensor (but `position_ids`); those named in
+    /// `leave_in_file` are only located.
     pub fn read(path: &Path, leave_in_file: &[&str]) -> Result<Self, String> {
         #[derive(Deserialize)]
         struct Entry {
@@ -61,8 +61,7 @@ impl Weights {
         let mut tensors = HashMap::new();
         let mut in_file = HashMap::new();
         for (name, value) in entries {
-            if name == "__metadata__" || name.contains("pooler.") || name.ends_with("position_ids")
-            {
+            if name == "__metadata__" || name.ends_with("position_ids") {
                 continue;
             }
             let entry: Entry =

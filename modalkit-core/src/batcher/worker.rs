@@ -24,7 +24,7 @@ type StageOutput<O> = (Vec<ItemResult<O>>, StageTimes);
 pub(super) fn run<P: InferencePipeline>(
     shared: Arc<Shared<P>>,
     ctx: ModelContext,
-    loaded: mpsc::Sender<Result<String, StartupError>>,
+    loaded: mpsc::Sender<Result<Arc<P>, StartupError>>,
 ) {
     let pipeline = match catch_unwind(|| P::load(&ctx)) {
         Ok(Ok(pipeline)) => pipeline,
@@ -43,7 +43,8 @@ pub(super) fn run<P: InferencePipeline>(
             return;
         }
     };
-    let _ = loaded.send(Ok(pipeline.device()));
+    let pipeline = Arc::new(pipeline);
+    let _ = loaded.send(Ok(Arc::clone(&pipeline)));
     drop(loaded);
 
     let mut seen_reload = 0;

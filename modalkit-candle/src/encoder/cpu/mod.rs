@@ -20,6 +20,7 @@ use precision::Precision;
 use rayon::prelude::*;
 
 use super::bert::BertConfig;
+use super::input::{Pooling, Tokens, normalize};
 use super::weights::Weights;
 use words::WordTable;
 
@@ -39,7 +40,7 @@ struct Layer {
     output_norm: LayerNorm,
 }
 
-/// The encoder plus mean pooling: token ids in, normalized sentence vectors out.
+/// The encoder plus pooling: token ids in, one vector per input out.
 pub struct CpuEncoder {
     tables: EmbeddingTables,
     layers: Vec<Layer>,
@@ -61,6 +62,9 @@ impl CpuEncoder {
         config: &BertConfig,
         precision: Precision,
     ) -> Result<Self, String> {
+        if let Some(unsupported) = config.unsupported() {
+            return Err(format!("unsupported {unsupported}"));
+        }
         let weights = &mut Weights::read(path, &[WORD_EMBEDDINGS])?;
         let hidden = config.hidden_size;
         let heads = config.num_attention_heads;
@@ -130,16 +134,22 @@ impl CpuEncoder {
         if token_types.values.len() < hidden {
             return Err("token type embeddings are empty".into());
         }
-        // Every token is of type 0: fold that row into the position table.
+        // Most tokens are of type 0: fold that row into the position table,
+        // and keep what type 1 adds on top of it (a pair's second text).
+        let (type_zero, rest) = token_types.values.split_at(hidden);
         for row in positions.chunks_exact_mut(hidden) {
-            for (p, &t) in row.iter_mut().zip(&token_types.values[..hidden]) {
+            for (p, &t) in row.iter_mut().zip(type_zero) {
                 *p += t;
             }
         }
+        let second_type = rest
+            .get(..hidden)
+            .map(|type_one| type_one.iter().zip(type_zero).map(|(b, a)| b - a).collect());
         Ok(CpuEncoder {
             tables: EmbeddingTables {
                 words,
                 positions,
+                second_type,
                 norm: norm(weights, "embeddings.LayerNorm")?,
             },
             layers,
@@ -167,21 +177,34 @@ impl CpuEncoder {
         level.min(isa::Isa::Avx512).name()
     }
 
-    /// Mean-pooled, L2-normalized embeddings of token-id sequences, in order.
+    /// Mean-pooled, L2-normalized embeddings of token-id sequences, in order
+    /// (all-MiniLM-L6-v2's sentence vectors).
+    pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        let inputs: Vec<Tokens> = sequences.iter().map(|ids| Tokens::single(ids)).collect();
+        let mut vectors = self.encode(&inputs, Pooling::Mean)?;
+        vectors.iter_mut().for_each(|v| normalize(v));
+        Ok(vectors)
+    }
+
+    /// One pooled vector per input, in order, not normalized.
     ///
     /// A batch with enough tokens is split into one group of whole
     /// sequences per thread, and each thread runs the whole forward on its
     /// group alone: no synchronization between operations, each group's
     /// activations stay in its core's cache. Smaller inputs (one sentence)
     /// run one operation at a time, each split across the threads.
-    pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+    pub fn encode(&self, sequences: &[Tokens], pooling: Pooling) -> Result<Vec<Vec<f32>>, String> {
         // Enter rayon's pool once: called from a thread outside it (the
         // batcher's worker), every parallel operation below would otherwise
         // inject a job and sleep until a pool thread finished it.
         if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.embed(sequences));
+            return rayon::scope(|_| self.encode(sequences, pooling));
         }
-        for ids in sequences {
+        for tokens in sequences {
+            let ids = tokens.ids;
+            if tokens.second_segment < ids.len() && self.tables.second_type.is_none() {
+                return Err("a pair of texts, but the model has one token type".to_owned());
+            }
             if ids.len() > self.max_positions {
                 return Err(format!(
                     "{} tokens; the model takes at most {}",
@@ -200,24 +223,29 @@ impl CpuEncoder {
             }
         }
         let threads = rayon::current_num_threads().max(1);
-        let tokens: usize = sequences.iter().map(|ids| ids.len()).sum();
+        let tokens: usize = sequences.iter().map(Tokens::len).sum();
         if tokens == 0 {
             // Nothing to encode: an empty sequence pools to the zero vector.
             return Ok(vec![vec![0f32; self.hidden]; sequences.len()]);
         }
         if threads == 1 || sequences.len() < 2 || tokens < MIN_TOKENS_PER_GROUP * 2 {
-            return self.forward(sequences, Threads::Pool);
+            return self.forward(sequences, pooling, Threads::Pool);
         }
         let groups = split_into_groups(sequences, threads.min(tokens / MIN_TOKENS_PER_GROUP));
         let embedded: Vec<Vec<Vec<f32>>> = groups
             .into_par_iter()
-            .map(|group| self.forward(group, Threads::One))
+            .map(|group| self.forward(group, pooling, Threads::One))
             .collect::<Result<_, _>>()?;
         Ok(embedded.into_iter().flatten().collect())
     }
 
     /// The forward pass and pooling of `sequences` (already checked).
-    fn forward(&self, sequences: &[&[u32]], threads: Threads) -> Result<Vec<Vec<f32>>, String> {
+    fn forward(
+        &self,
+        sequences: &[Tokens],
+        pooling: Pooling,
+        threads: Threads,
+    ) -> Result<Vec<Vec<f32>>, String> {
         let mut spans: Vec<Range<usize>> = Vec::with_capacity(sequences.len());
         let mut tokens = 0;
         for ids in sequences {
@@ -276,7 +304,10 @@ impl CpuEncoder {
             add_residual_norm(y, x, &layer.output_norm, threads);
             std::mem::swap(x, y);
         }
-        let embeddings = ops::mean_pool_normalized(x, &spans, hidden);
+        let embeddings = spans
+            .into_iter()
+            .map(|span| pooling.pool(x, span, hidden))
+            .collect();
         if scratch.bytes() <= MAX_KEPT_SCRATCH_BYTES {
             SCRATCH.set(scratch);
         }
@@ -290,8 +321,8 @@ const MIN_TOKENS_PER_GROUP: usize = 48;
 
 /// Cuts `sequences` (in order) into at most `count` runs of about equal
 /// token counts.
-fn split_into_groups<'a, 'b>(sequences: &'b [&'a [u32]], count: usize) -> Vec<&'b [&'a [u32]]> {
-    let total: usize = sequences.iter().map(|ids| ids.len()).sum();
+fn split_into_groups<'a, 'b>(sequences: &'b [Tokens<'a>], count: usize) -> Vec<&'b [Tokens<'a>]> {
+    let total: usize = sequences.iter().map(Tokens::len).sum();
     let mut groups = Vec::with_capacity(count);
     let mut start = 0;
     let mut taken = 0;
@@ -352,13 +383,13 @@ thread_local! {
 
 #[cfg(test)]
 mod tests {
-    use super::split_into_groups;
+    use super::{Tokens, split_into_groups};
 
     #[test]
     fn groups_have_about_equal_tokens_and_keep_order() {
         let lengths = [14, 14, 14, 14, 100, 14, 14, 14];
         let owned: Vec<Vec<u32>> = lengths.iter().map(|&n| vec![1; n]).collect();
-        let sequences: Vec<&[u32]> = owned.iter().map(Vec::as_slice).collect();
+        let sequences: Vec<Tokens> = owned.iter().map(|ids| Tokens::single(ids)).collect();
         let groups = split_into_groups(&sequences, 2);
         assert_eq!(groups.len(), 2);
         let sizes: Vec<usize> = groups

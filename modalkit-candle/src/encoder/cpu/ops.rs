@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use super::Threads;
 use super::isa::madd;
 use super::words::WordTable;
+use crate::encoder::input::Tokens;
 use crate::multiversion;
 
 /// Lanes of the partial sums (one AVX-512 vector).
@@ -162,6 +163,9 @@ pub struct EmbeddingTables {
     pub words: WordTable,
     /// `max_positions × hidden`, with the token-type-0 row already added.
     pub positions: Vec<f32>,
+    /// Token type 1's row minus type 0's (added to a pair's second text);
+    /// `None` for a model with one token type.
+    pub second_type: Option<Vec<f32>>,
     /// The layer norm after the sum.
     pub norm: LayerNorm,
 }
@@ -172,15 +176,26 @@ pub struct EmbeddingTables {
 /// position table (the caller checks).
 pub fn embed_tokens(
     tables: &EmbeddingTables,
-    sequences: &[&[u32]],
+    sequences: &[Tokens],
     out: &mut [f32],
     threads: Threads,
 ) -> Result<(), String> {
     let hidden = tables.norm.gamma.len();
-    tables
-        .words
-        .gather(sequences.iter().flat_map(|ids| ids.iter().copied()), out)?;
-    let positions: Vec<usize> = sequences.iter().flat_map(|ids| 0..ids.len()).collect();
+    tables.words.gather(
+        sequences
+            .iter()
+            .flat_map(|tokens| tokens.ids.iter().copied()),
+        out,
+    )?;
+    let positions: Vec<TokenPlace> = sequences
+        .iter()
+        .flat_map(|tokens| {
+            (0..tokens.len()).map(|position| TokenPlace {
+                position,
+                second: tokens.token_type(position) == 1,
+            })
+        })
+        .collect();
     if threads == Threads::One {
         add_position_norm_rows(tables, &positions, out);
     } else {
@@ -191,17 +206,29 @@ pub fn embed_tokens(
     Ok(())
 }
 
+/// A token's position in its sequence, and whether it is of type 1.
+#[derive(Debug, Clone, Copy)]
+struct TokenPlace {
+    position: usize,
+    second: bool,
+}
+
 multiversion! {
     fn add_position_norm_rows<const FMA: bool>(
         tables: &EmbeddingTables,
-        positions: &[usize],
+        places: &[TokenPlace],
         rows: &mut [f32],
     ) {
         let hidden = tables.norm.gamma.len();
-        for (row, &position) in rows.chunks_exact_mut(hidden).zip(positions) {
-            let position = &tables.positions[position * hidden..][..hidden];
+        for (row, place) in rows.chunks_exact_mut(hidden).zip(places) {
+            let position = &tables.positions[place.position * hidden..][..hidden];
             for (v, &p) in row.iter_mut().zip(position) {
                 *v += p;
+            }
+            if let (true, Some(second)) = (place.second, &tables.second_type) {
+                for (v, &t) in row.iter_mut().zip(second) {
+                    *v += t;
+                }
             }
             normalize::<FMA>(row, &tables.norm.gamma, &tables.norm.beta, tables.norm.eps);
         }
@@ -388,31 +415,6 @@ fn weighted_sum<'a, const FMA: bool>(
                 .map(|(j, &w)| w * rows(j)[done + offset])
                 .sum::<f32>();
     }
-}
-
-/// Mean of each span's rows, L2-normalized (as sentence-transformers'
-/// mean pooling + `Normalize`).
-pub fn mean_pool_normalized(
-    hidden_states: &[f32],
-    spans: &[Range<usize>],
-    width: usize,
-) -> Vec<Vec<f32>> {
-    spans
-        .iter()
-        .map(|span| {
-            let mut mean = vec![0f32; width];
-            for row in hidden_states[span.start * width..span.end * width].chunks_exact(width) {
-                for (m, &v) in mean.iter_mut().zip(row) {
-                    *m += v;
-                }
-            }
-            let count = span.len().max(1) as f32;
-            mean.iter_mut().for_each(|m| *m /= count);
-            let norm = mean.iter().map(|m| m * m).sum::<f32>().sqrt().max(1e-12);
-            mean.iter_mut().for_each(|m| *m /= norm);
-            mean
-        })
-        .collect()
 }
 
 #[cfg(test)]

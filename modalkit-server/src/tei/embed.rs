@@ -1,0 +1,121 @@
+//! `POST /embed`: `{"inputs": text | [texts], "normalize", "truncate",
+//! "truncation_direction", "prompt_name", "dimensions"}` to one vector per
+//! text, always nested (`[[...]]`), as TEI answers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequest, Query, Request, State};
+use serde::Deserialize;
+
+use super::{ModelQuery, TeiError, TeiModel, TextOptions, Wanted};
+use crate::extract::JsonBody;
+use crate::state::AppState;
+
+/// A string or a list of strings (TEI also takes token ids; this server
+/// does not).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum Inputs {
+    One(String),
+    Many(Vec<String>),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Inputs {
+    /// The texts, or why the field is not a string or a list of strings.
+    pub(super) fn texts(self) -> Result<Vec<String>, TeiError> {
+        match self {
+            Inputs::One(text) => Ok(vec![text]),
+            Inputs::Many(texts) => Ok(texts),
+            Inputs::Other(_) => Err(TeiError::validation(
+                "`inputs` must be a string or a list of strings (token ids are not supported)",
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EmbedRequest {
+    inputs: Inputs,
+    #[serde(default = "yes")]
+    normalize: bool,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Option<String>,
+    #[serde(default)]
+    prompt_name: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Parses a TEI request body.
+pub(super) async fn parse<T: serde::de::DeserializeOwned>(request: Request) -> Result<T, TeiError> {
+    let body = JsonBody::from_request(request, &()).await?;
+    serde_json::from_slice(&body.0)
+        .map_err(|err| TeiError::validation(format!("invalid request body: {err}")))
+}
+
+pub(super) async fn embed<P: TeiModel>(
+    State(state): State<Arc<AppState<P>>>,
+    Query(query): Query<ModelQuery>,
+    request: Request,
+) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
+    let (_, batcher) = super::pick(&state, query.model_name.as_deref(), Wanted::Embedding)?;
+    let request: EmbedRequest = parse(request).await?;
+    super::check_truncation_direction(request.truncation_direction.as_deref())?;
+    let texts = request.inputs.texts()?;
+    super::check_count(&state, texts.len(), "inputs")?;
+    if texts.iter().any(String::is_empty) {
+        return Err(TeiError::empty(
+            "Input validation error: `inputs` cannot be empty",
+        ));
+    }
+    if request.dimensions == Some(0) {
+        return Err(TeiError::validation(
+            "Input validation error: `dimensions` should be positive",
+        ));
+    }
+    // Shortened vectors are normalized after the cut, as TEI does.
+    let options = TextOptions {
+        normalize: Some(request.normalize && request.dimensions.is_none()),
+        truncate: request.truncate,
+        prompt_name: request.prompt_name,
+    };
+    let inputs = texts
+        .into_iter()
+        .map(|text| P::text_input(text, options.clone()))
+        .collect();
+    let outputs = super::submit_all(&state, batcher, inputs, "inputs").await?;
+    let mut vectors = Vec::with_capacity(outputs.len());
+    for output in &outputs {
+        let vector = P::embedding(output)
+            .ok_or_else(|| TeiError::backend("the model returned no embedding"))?;
+        vectors.push(match request.dimensions {
+            None => vector.to_vec(),
+            Some(dimensions) => shorten(vector, dimensions, request.normalize)?,
+        });
+    }
+    Ok(Json(vectors))
+}
+
+/// The first `dimensions` values, normalized if asked.
+fn shorten(vector: &[f32], dimensions: usize, normalize: bool) -> Result<Vec<f32>, TeiError> {
+    if dimensions > vector.len() {
+        return Err(TeiError::validation(format!(
+            "Input validation error: `dimensions` should be smaller than the maximum embedding dimension ({})",
+            vector.len()
+        )));
+    }
+    let mut short = vector[..dimensions].to_vec();
+    if normalize {
+        let norm = short.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        short.iter_mut().for_each(|x| *x /= norm);
+    }
+    Ok(short)
+}
