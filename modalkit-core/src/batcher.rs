@@ -264,7 +264,35 @@ impl<P: InferencePipeline> Batcher<P> {
         input: P::Input,
         options: SubmitOptions,
     ) -> Result<Ticket<P::Output>, ItemError> {
+        let (pending, ticket) = self.pending(input, options, Instant::now());
+        self.shared.push(pending).map_err(|refused| refused.error)?;
+        Ok(ticket)
+    }
+
+    /// Queues several items at once, all or none (refused as one when the
+    /// queue has no room for all of them): a request's items reach the
+    /// workers together, so they start in the same batch where they fit.
+    /// The tickets come back in order.
+    pub fn submit_all(
+        &self,
+        items: impl IntoIterator<Item = (P::Input, SubmitOptions)>,
+    ) -> Result<Vec<Ticket<P::Output>>, ItemError> {
         let now = Instant::now();
+        let (pending, tickets): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .map(|(input, options)| self.pending(input, options, now))
+            .unzip();
+        self.shared.push_all(pending)?;
+        Ok(tickets)
+    }
+
+    /// An item to queue, and the ticket its result will reach.
+    fn pending(
+        &self,
+        input: P::Input,
+        options: SubmitOptions,
+        now: Instant,
+    ) -> (Pending<P>, Ticket<P::Output>) {
         let (reply, receiver) = oneshot::channel();
         let pending = Pending {
             cost: P::cost(&input),
@@ -277,8 +305,7 @@ impl<P: InferencePipeline> Batcher<P> {
             on_start: options.on_start,
             timing: options.timing,
         };
-        self.shared.push(pending).map_err(|refused| refused.error)?;
-        Ok(Ticket::new(receiver, self.model.clone()))
+        (pending, Ticket::new(receiver, self.model.clone()))
     }
 
     /// Queues one item, waiting for room while the queue is full (until the
@@ -291,26 +318,14 @@ impl<P: InferencePipeline> Batcher<P> {
         input: P::Input,
         options: SubmitOptions,
     ) -> Result<Ticket<P::Output>, ItemError> {
-        let now = Instant::now();
-        let deadline = options
-            .deadline
-            .unwrap_or(now + self.shared.config.default_timeout);
-        let (reply, receiver) = oneshot::channel();
-        let mut pending = Pending {
-            cost: P::cost(&input),
-            input,
-            arrived: now,
-            deadline,
-            reply,
-            on_start: options.on_start,
-            timing: options.timing,
-        };
+        let (mut pending, ticket) = self.pending(input, options, Instant::now());
+        let deadline = pending.deadline;
         loop {
             let room = self.shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             match self.shared.push(pending) {
-                Ok(()) => return Ok(Ticket::new(receiver, self.model.clone())),
+                Ok(()) => return Ok(ticket),
                 Err(refused) if matches!(refused.error, ItemError::Overloaded { .. }) => {
                     pending = refused.pending;
                 }

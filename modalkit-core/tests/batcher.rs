@@ -446,6 +446,39 @@ async fn a_full_queue_refuses_at_once_and_admitted_items_still_succeed() {
 }
 
 #[tokio::test]
+async fn submit_all_queues_a_request_together_or_not_at_all() {
+    let mut cfg = config(8, 0);
+    cfg.max_queue_depth = 6;
+    let (batcher, log) = start("submit-all", cfg);
+    // A worker busy with one item: five items submitted together wait, then
+    // form one batch (wait 0 would otherwise take the first alone).
+    let running = batcher
+        .submit(Job {
+            id: 0,
+            sleep_ms: 100,
+            ..Job::default()
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let together = batcher
+        .submit_all((1..=5).map(|i| (job(i), SubmitOptions::default())))
+        .unwrap();
+    // Two more do not fit the depth of 6 beside those five: neither is queued.
+    match batcher.submit_all((6..=7).map(|i| (job(i), SubmitOptions::default()))) {
+        Err(ItemError::Overloaded { depth, .. }) => assert_eq!(depth, 6),
+        other => panic!("expected overload, got {:?}", other.map(|t| t.len())),
+    }
+    assert_eq!(batcher.queue_depth(), 5, "all or none");
+    running.await.unwrap();
+    for (i, ticket) in together.into_iter().enumerate() {
+        let done = ticket.await.unwrap();
+        assert_eq!(done.id, i as u64 + 1, "tickets in order");
+        assert_eq!(done.batch_size, 5, "one batch");
+    }
+    assert_eq!(batches(&log).len(), 2);
+}
+
+#[tokio::test]
 async fn a_waiting_submit_gets_in_when_room_frees_and_gives_up_at_its_deadline() {
     let mut cfg = config(1, 0);
     cfg.max_queue_depth = 1;

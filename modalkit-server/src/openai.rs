@@ -187,7 +187,7 @@ async fn embeddings<P: EmbeddingModel>(
         .ok_or_else(|| ApiError::UnknownModel(model.clone(), state.model_names.clone()))?;
     let deadline = Instant::now() + state.limits.request_timeout;
     let timings = trace.timing_cells(texts.len());
-    let mut tickets = Vec::with_capacity(texts.len());
+    let mut items = Vec::with_capacity(texts.len());
     for (i, text) in texts.into_iter().enumerate() {
         let input = P::input_from_text(text);
         validate(&input, &format!("input[{i}]"))?;
@@ -196,8 +196,10 @@ async fn embeddings<P: EmbeddingModel>(
             on_start: None,
             timing: timings.get(i).cloned(),
         };
-        tickets.push(batcher.submit_with(input, options)?);
+        items.push((input, options));
     }
+    // All at once: a request's inputs share a batch where they fit.
+    let tickets = batcher.submit_all(items)?;
     let timeout = state.limits.request_timeout.as_secs_f64();
     let mut data = Vec::with_capacity(tickets.len());
     let mut tokens = 0;

@@ -228,7 +228,7 @@ fn native_encoder_matches_candle_encoder() {
     texts.push("a".into());
     texts.extend(texts.clone());
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let ids = native.tokenize(&texts).unwrap();
+    let ids = native.token_ids(&texts).unwrap();
     assert!(
         ids.iter().any(|i| i.len() == 256),
         "a text must hit the 256-token cap"
@@ -395,7 +395,7 @@ fn bf16_stays_within_its_quality_bounds() {
     // sentence-transformers' own vectors.
     let references = references();
     let texts: Vec<&str> = references.iter().map(|r| r.text.as_str()).collect();
-    let vectors = bf16.embed_ids(&bf16.tokenize(&texts).unwrap()).unwrap();
+    let vectors = bf16.embed_ids(&bf16.token_ids(&texts).unwrap()).unwrap();
     let worst_reference = references
         .iter()
         .zip(&vectors)
@@ -418,7 +418,7 @@ fn bf16_stays_within_its_quality_bounds() {
         })
         .collect();
     let texts: Vec<&str> = corpus.iter().map(|(_, text)| text.as_str()).collect();
-    let ids = fp32.tokenize(&texts).unwrap();
+    let ids = fp32.token_ids(&texts).unwrap();
     let (exact, reduced) = (fp32.embed_ids(&ids).unwrap(), bf16.embed_ids(&ids).unwrap());
     let worst_fp32 = exact
         .iter()

@@ -142,3 +142,73 @@ async fn readme_translate_delivers_to_sqs_as_modalkit_does() {
         );
     }
 }
+
+/// The `embeddings` binary as the README builds it, on
+/// `config/retrieval.yaml`: an embedder and a reranker side by side answer
+/// TEI's, Cohere's, OpenAI's and modalkit's routes.
+#[tokio::test]
+async fn readme_embeddings_serves_an_embedder_and_a_reranker_from_config_retrieval_yaml() {
+    let models = modalkit_tests::model::family_folder("minilm-reranker");
+    let binary = build_as_the_readme_does("embeddings");
+    let config = workspace_root().join("config/retrieval.yaml");
+    let scratch = tempfile::tempdir().unwrap();
+    let env = [(
+        "MODALKIT_MODEL_SETTINGS__LOCAL_MODEL_REPOSITORY_FOLDER",
+        models.parent().unwrap().display().to_string(),
+    )];
+    let server = ServerProcess::spawn(&binary, &config, &env, scratch.path().join("server.log"));
+    let http = client();
+    let url = |path: &str| format!("{}{path}", server.base_url);
+    let mut ready = false;
+    for _ in 0..600 {
+        if http
+            .get(url("/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "never ready:\n{}", server.log_text());
+    let calls = [
+        ("/embed", json!({"inputs": ["hello world", "second"]})),
+        (
+            "/rerank",
+            json!({"query": "capital of France", "texts": ["Paris is the capital.", "Bananas."]}),
+        ),
+        (
+            "/v1/rerank",
+            json!({"model": "reranker", "query": "capital of France", "documents": ["Paris is the capital.", "Bananas."], "top_n": 1}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "embedder", "input": "hello world"}),
+        ),
+        (
+            "/predict_sync?model_name=reranker",
+            json!({"query": "capital of France", "text": "Paris is the capital."}),
+        ),
+        (
+            "/predict_sync?model_name=embedder",
+            json!({"text": "hello world", "prompt_name": "query"}),
+        ),
+    ];
+    for (path, body) in calls {
+        let (status, reply) = post_json(&http, &url(path), &body).await;
+        assert_eq!(status, 200, "{path}: {reply}\n{}", server.log_text());
+    }
+    let (_, reranked) = post_json(
+        &http,
+        &url("/v1/rerank"),
+        &json!({"model": "reranker", "query": "q", "documents": ["a", "b", "c"], "top_n": 2}),
+    )
+    .await;
+    assert_eq!(
+        reranked["results"].as_array().unwrap().len(),
+        2,
+        "{reranked}"
+    );
+}

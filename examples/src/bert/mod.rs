@@ -238,7 +238,7 @@ impl Bert {
 
     /// Tokenizes plain texts with the model's defaults (the default prompt,
     /// truncation).
-    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, PipelineError> {
+    pub fn token_ids(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, PipelineError> {
         texts
             .iter()
             .map(|text| {

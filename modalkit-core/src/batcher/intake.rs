@@ -181,28 +181,50 @@ impl<P: InferencePipeline> Shared<P> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds an item, or refuses it at once and hands it back.
-    // The refused item comes back by value so a waiting submitter can retry
-    // it without cloning or re-parsing; boxing it would allocate per refusal.
-    #[allow(clippy::result_large_err)]
-    pub fn push(&self, pending: Pending<P>) -> Result<(), Refused<P>> {
-        let mut queue = self.lock();
-        let refusal = if let Some(reason) = &queue.failed {
+    /// Why the queue cannot take `count` more items now, if it cannot.
+    fn refusal(&self, queue: &Queue<P>, count: usize) -> Option<ItemError> {
+        if let Some(reason) = &queue.failed {
             Some(self.unavailable(format!("device failed: {reason}")))
         } else if !queue.open {
             Some(self.unavailable("shutting down".to_owned()))
-        } else if queue.items.len() >= self.config.max_queue_depth {
+        } else if queue.items.len() + count > self.config.max_queue_depth {
             Some(ItemError::Overloaded {
                 model: self.model.clone(),
                 depth: self.config.max_queue_depth,
             })
         } else {
             None
-        };
-        if let Some(error) = refusal {
+        }
+    }
+
+    /// Adds an item, or refuses it at once and hands it back.
+    // The refused item comes back by value so a waiting submitter can retry
+    // it without cloning or re-parsing; boxing it would allocate per refusal.
+    #[allow(clippy::result_large_err)]
+    pub fn push(&self, pending: Pending<P>) -> Result<(), Refused<P>> {
+        let mut queue = self.lock();
+        if let Some(error) = self.refusal(&queue, 1) {
             return Err(Refused { error, pending });
         }
         queue.items.push_back(pending);
+        self.queued_more(queue);
+        Ok(())
+    }
+
+    /// Adds all of `items` under one lock, or none: a request's items reach
+    /// the workers together, so they share a batch where they fit.
+    pub fn push_all(&self, items: Vec<Pending<P>>) -> Result<(), ItemError> {
+        let mut queue = self.lock();
+        if let Some(error) = self.refusal(&queue, items.len()) {
+            return Err(error);
+        }
+        queue.items.extend(items);
+        self.queued_more(queue);
+        Ok(())
+    }
+
+    /// After a push: publishes the depth and wakes a sleeping worker.
+    fn queued_more(&self, queue: MutexGuard<'_, Queue<P>>) {
         self.set_depth(&queue);
         drop(queue);
         // A worker that went to sleep did so holding the lock, so it is
@@ -210,7 +232,6 @@ impl<P: InferencePipeline> Shared<P> {
         if self.sleeping.load(Ordering::Acquire) > 0 {
             self.work_ready.notify_one();
         }
-        Ok(())
     }
 
     pub fn depth(&self) -> usize {

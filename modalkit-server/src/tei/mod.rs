@@ -257,9 +257,10 @@ fn pick<'a, P: TeiModel>(
         })
 }
 
-/// Submits every input to `batcher` under one deadline and waits for all
-/// of them, in order. Inputs are validated first, so a bad one refuses the
-/// request before any is queued.
+/// Submits every input to `batcher` at once, under one deadline, and waits
+/// for all of them, in order: a request's texts share a batch where they
+/// fit. Inputs are validated first, so a bad one refuses the request
+/// before any is queued.
 async fn submit_all<P: TeiModel>(
     state: &AppState<P>,
     batcher: &Batcher<P>,
@@ -270,19 +271,14 @@ async fn submit_all<P: TeiModel>(
         validate(input, &format!("{field}[{i}]"))?;
     }
     let deadline = Instant::now() + state.limits.request_timeout;
-    let mut tickets = Vec::with_capacity(inputs.len());
-    for input in inputs {
+    let tickets = batcher.submit_all(inputs.into_iter().map(|input| {
         let options = SubmitOptions {
             deadline: Some(deadline),
             on_start: None,
             timing: None,
         };
-        tickets.push(
-            batcher
-                .submit_with(input, options)
-                .map_err(TeiError::from)?,
-        );
-    }
+        (input, options)
+    }))?;
     let timeout = state.limits.request_timeout.as_secs_f64();
     let mut outputs = Vec::with_capacity(tickets.len());
     for ticket in tickets {
