@@ -30,20 +30,11 @@ mkdir -p "$OUT"
 WITH_PEER=0
 [ "${1:-}" = "--with-python-peer" ] && WITH_PEER=1
 
-if ! command -v wrk >/dev/null; then
-  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-fi
+source bench/lib.sh
+ensure_wrk
 scripts/fetch-model.sh >/dev/null
 cargo build --release --locked -q -p modalkit-examples --bin embeddings --bin embeddings-bench
 
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_ready() {
-  for _ in $(seq 1 900); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "server at $1 never became ready" >&2; exit 1
-}
-to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
 
 # The servers: name, port, ISA cap, precision.
 bf16_path=avx512
@@ -63,10 +54,7 @@ for spec in "${specs[@]}"; do
     || { echo "$name does not run $isa at $precision: $(curl -s "http://127.0.0.1:$port/ready")" >&2; exit 1; }
 done
 if [ "$WITH_PEER" = 1 ]; then
-  if [ ! -x .venv-peer/bin/python ] || ! .venv-peer/bin/python -c "import sentence_transformers, fastapi, uvicorn" 2>/dev/null; then
-    python3 -m venv .venv-peer
-    .venv-peer/bin/pip install -q --disable-pip-version-check -r bench/python-peer-requirements.txt
-  fi
+  ensure_peer_venv
   OMP_NUM_THREADS=2 .venv-peer/bin/python bench/python_peer.py models/all-MiniLM-L6-v2 8300 & pids+=($!)
   names+=(python-peer); ports+=(8300); server_pids+=($!)
   wait_ready "http://127.0.0.1:8300/ready"

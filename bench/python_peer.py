@@ -5,14 +5,14 @@ instruction set follows torch's own variables (bench/embeddings.sh caps them
 at AVX2 for the peer-avx2 run)."""
 
 import asyncio
-import contextlib
 import sys
 
 import torch
 import uvicorn
-from fastapi import FastAPI
 from pydantic import BaseModel
 from sentence_transformers import SentenceTransformer
+
+from peer_batcher import batching_app
 
 MODEL_DIR, PORT = sys.argv[1], int(sys.argv[2])
 MAX_BATCH, WAIT_S = 32, 0.005
@@ -25,40 +25,12 @@ class Message(BaseModel):
     text: str
 
 
-async def batcher():
-    loop = asyncio.get_running_loop()
-    while True:
-        items = [await queue.get()]
-        deadline = loop.time() + WAIT_S
-        while len(items) < MAX_BATCH:
-            timeout = deadline - loop.time()
-            if timeout <= 0:
-                break
-            try:
-                items.append(await asyncio.wait_for(queue.get(), timeout))
-            except asyncio.TimeoutError:
-                break
-        texts = [text for text, _ in items]
-        vectors = await loop.run_in_executor(None, lambda: model.encode(texts, batch_size=MAX_BATCH, normalize_embeddings=True))
-        for (_, future), vector in zip(items, vectors):
-            future.set_result(vector.tolist())
+def embed(texts):
+    vectors = model.encode(texts, batch_size=MAX_BATCH, normalize_embeddings=True)
+    return [vector.tolist() for vector in vectors]
 
 
-@contextlib.asynccontextmanager
-async def lifespan(_app):
-    task = asyncio.create_task(batcher())
-    yield
-    task.cancel()
-
-
-app = FastAPI(lifespan=lifespan)
-
-
-@app.get("/ready")
-async def ready():
-    # The ISA torch's own kernels dispatch to (AVX512, AVX2, ...), as
-    # ATEN_CPU_CAPABILITY may cap it; bench/embeddings.sh checks it.
-    return {"status": "ready", "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+app = batching_app(queue, embed, MAX_BATCH, WAIT_S)
 
 
 @app.post("/predict_sync")

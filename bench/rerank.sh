@@ -25,25 +25,13 @@ CONFIG=${CONFIG:-config/retrieval.yaml}
 OUT=bench/out
 mkdir -p "$OUT"
 
-if ! command -v wrk >/dev/null; then
-  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-fi
+source bench/lib.sh
+ensure_wrk
 scripts/fetch-model.sh >/dev/null
 python3 scripts/make-models.py >/dev/null
 cargo build --release --locked -q -p modalkit-examples --bin embeddings
-if [ ! -x .venv-peer/bin/python ] || ! .venv-peer/bin/python -c "import sentence_transformers, fastapi, uvicorn" 2>/dev/null; then
-  python3 -m venv .venv-peer
-  .venv-peer/bin/pip install -q --disable-pip-version-check -r bench/python-peer-requirements.txt
-fi
+ensure_peer_venv
 
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_ready() {
-  for _ in $(seq 1 900); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "server at $1 never became ready" >&2; exit 1
-}
-to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
 
 names=(); ports=()
 for spec in "modalkit-rs-fp32 8311 fp32" "modalkit-rs-bf16 8312 bf16"; do

@@ -384,6 +384,31 @@ pub fn client_python() -> PathBuf {
     python
 }
 
+/// Runs `tests/oracle/SCRIPT` with the test clients' Python ([`client_python`])
+/// and `args`, off the async runtime, and parses what it prints as JSON.
+/// Panics with the script's stderr if it fails.
+pub async fn run_client(script: &str, args: Vec<String>) -> Value {
+    let python = client_python();
+    let path = crate::model::workspace_root()
+        .join("tests/oracle")
+        .join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(path)
+            .args(args)
+            .output()
+            .expect("the client's Python runs")
+    })
+    .await
+    .expect("the client ran");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the client prints JSON")
+}
+
 /// Keeps `text` for the CI log: scripts/test.sh prints every file of
 /// target/test-reports/ after the tests.
 pub fn write_report(name: &str, text: &str) {

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use modalkit_examples::bert::{Bert, BertInput, Engine, LoadOptions};
-use modalkit_tests::model::{family_folder, workspace_root};
+use modalkit_tests::model::family_folder;
 use modalkit_tests::support::{TestServer, client, get_json, post_json, settings_from_yaml};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -683,23 +683,12 @@ async fn huggingface_hub_and_cohere_clients_work_unchanged() {
     let models = &reference["models"];
     let server = start_side_by_side().await;
     let http = client();
-    let python = modalkit_tests::support::client_python();
-    let base_url = server.base_url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(workspace_root().join("tests/oracle/tei_clients.py"))
-            .args([base_url.as_str(), "reranker", "sentiment"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let args = vec![
+        server.base_url.clone(),
+        "reranker".into(),
+        "sentiment".into(),
+    ];
+    let seen = modalkit_tests::support::run_client("tei_clients.py", args).await;
 
     // feature_extraction posts to the URL itself: POST / on the default
     // (first) model, the embedder.

@@ -307,23 +307,8 @@ async fn the_openai_client_gets_the_same_vectors_from_v1_embeddings() {
         .map(|x| *x as f32)
         .collect();
 
-    let python = modalkit_tests::support::client_python();
-    let base_url = server.base_url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(workspace_root().join("tests/oracle/openai_client.py"))
-            .args([base_url.as_str(), "minilm"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let args = vec![server.base_url.clone(), "minilm".into()];
+    let seen = modalkit_tests::support::run_client("openai_client.py", args).await;
 
     let vector = |v: &Value| -> Vec<f32> { floats(v).iter().map(|x| *x as f32).collect() };
     // base64 (the client's default), decoded by the client: the same floats.

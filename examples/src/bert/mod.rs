@@ -512,20 +512,9 @@ impl TeiModel for Bert {
     ) -> Result<Vec<Token>, String> {
         let prompt = self.prompt(prompt_name).map_err(|err| err.to_string())?;
         let text = format!("{prompt}{text}");
-        let spans = self
-            .tokenizer
+        self.tokenizer
             .spans(&text, add_special_tokens)
-            .map_err(|err| err.to_string())?;
-        Ok(spans
-            .into_iter()
-            .map(|span| Token {
-                id: span.id,
-                text: span.text,
-                special: span.special,
-                start: span.start,
-                stop: span.stop,
-            })
-            .collect())
+            .map_err(|err| err.to_string())
     }
 
     fn text_input(text: String, options: TextOptions) -> BertInput {

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use modalkit::prelude::*;
+use modalkit::tei::Token;
 use tokenizers::{EncodeInput, Encoding, Tokenizer, TruncationParams};
 
 /// One input's token ids and where its second segment starts.
@@ -17,22 +18,6 @@ pub struct Encoded {
     pub ids: Vec<u32>,
     /// First token of the pair's second text; `ids.len()` for one text.
     pub second_segment: usize,
-}
-
-/// One token as `/tokenize` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenSpan {
-    /// Its id.
-    pub id: u32,
-    /// Its text: the input's characters it covers, or the special token.
-    pub text: String,
-    /// Whether it is a special token (`[CLS]`, `[SEP]`).
-    pub special: bool,
-    /// Its first byte's offset in the input (prompt included); `None` for
-    /// a special token.
-    pub start: Option<usize>,
-    /// The byte offset just past it; `None` for a special token.
-    pub stop: Option<usize>,
 }
 
 /// The model's tokenizer, twice: truncating at `max_seq_length`, and whole
@@ -117,11 +102,7 @@ impl TextTokenizer {
     }
 
     /// Every token of `text` with its offsets, not truncated.
-    pub fn spans(
-        &self,
-        text: &str,
-        add_special_tokens: bool,
-    ) -> Result<Vec<TokenSpan>, PipelineError> {
+    pub fn spans(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>, PipelineError> {
         let encoding = self.whole.encode(text, add_special_tokens).map_err(|err| {
             PipelineError::invalid_input(format!("the tokenizer refused the input: {err}"))
         })?;
@@ -134,14 +115,14 @@ impl TextTokenizer {
             .map(|(((&id, token), &special), &(start, stop))| {
                 let special = special == 1;
                 match text.get(start..stop) {
-                    Some(covered) if !special => TokenSpan {
+                    Some(covered) if !special => Token {
                         id,
                         text: covered.to_owned(),
                         special,
                         start: Some(start),
                         stop: Some(stop),
                     },
-                    _ => TokenSpan {
+                    _ => Token {
                         id,
                         text: token.clone(),
                         special,

@@ -19,10 +19,8 @@ use crate::state::AppState;
 #[derive(Deserialize)]
 struct PredictRequest {
     inputs: Value,
-    #[serde(default)]
-    truncate: Option<bool>,
-    #[serde(default)]
-    truncation_direction: Option<String>,
+    #[serde(flatten)]
+    truncation: super::Truncation,
     #[serde(default)]
     raw_scores: bool,
 }
@@ -79,17 +77,17 @@ pub(super) async fn predict<P: TeiModel>(
         }
     };
     let request: PredictRequest = parse(request).await?;
-    super::check_truncation_direction(request.truncation_direction.as_deref())?;
+    let truncate = request.truncation.truncate()?;
     let (texts, batch) = texts(request.inputs)?;
     super::check_count(&state, texts.len(), "inputs")?;
     let inputs = texts
         .into_iter()
         .map(|(first, second)| match second {
-            Some(second) => P::pair_input(first, second, request.truncate),
+            Some(second) => P::pair_input(first, second, truncate),
             None => P::text_input(
                 first,
                 super::TextOptions {
-                    truncate: request.truncate,
+                    truncate,
                     ..Default::default()
                 },
             ),

@@ -40,10 +40,8 @@ struct EmbedRequest {
     inputs: Inputs,
     #[serde(default = "yes")]
     normalize: bool,
-    #[serde(default)]
-    truncate: Option<bool>,
-    #[serde(default)]
-    truncation_direction: Option<String>,
+    #[serde(flatten)]
+    truncation: super::Truncation,
     #[serde(default)]
     prompt_name: Option<String>,
     #[serde(default)]
@@ -68,7 +66,7 @@ pub(super) async fn embed<P: TeiModel>(
 ) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
     let (_, batcher) = super::pick(&state, query.model_name.as_deref(), Wanted::Embedding)?;
     let request: EmbedRequest = parse(request).await?;
-    super::check_truncation_direction(request.truncation_direction.as_deref())?;
+    let truncate = request.truncation.truncate()?;
     let texts = request.inputs.texts()?;
     super::check_count(&state, texts.len(), "inputs")?;
     if texts.iter().any(String::is_empty) {
@@ -84,7 +82,7 @@ pub(super) async fn embed<P: TeiModel>(
     // Shortened vectors are normalized after the cut, as TEI does.
     let options = TextOptions {
         normalize: Some(request.normalize && request.dimensions.is_none()),
-        truncate: request.truncate,
+        truncate,
         prompt_name: request.prompt_name,
     };
     let inputs = texts

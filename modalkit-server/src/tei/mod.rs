@@ -13,8 +13,8 @@
 //! by side answer `/embed` and `/rerank` without a query string.
 //!
 //! ```no_run
-//! # use modalkit_server::tei::TeiModel;
-//! # fn demo<MyModel: TeiModel>() -> std::process::ExitCode {
+//! # use modalkit_server::{openai::EmbeddingModel, tei::TeiModel};
+//! # fn demo<MyModel: TeiModel + EmbeddingModel>() -> std::process::ExitCode {
 //! modalkit_server::tei::run::<MyModel>()
 //! # }
 //! ```
@@ -306,13 +306,25 @@ fn check_count<P: InferencePipeline>(
     Ok(())
 }
 
-/// Only right truncation is supported (TEI's default).
-fn check_truncation_direction(direction: Option<&str>) -> Result<(), TeiError> {
-    match direction {
-        None | Some("right" | "Right") => Ok(()),
-        Some(other) => Err(TeiError::validation(format!(
-            "truncation_direction '{other}' is not supported: only right"
-        ))),
+/// The truncation fields every TEI request carries.
+#[derive(Deserialize, Default)]
+struct Truncation {
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Option<String>,
+}
+
+impl Truncation {
+    /// `truncate`, once the direction is one this server has: right
+    /// (TEI's default) only.
+    fn truncate(&self) -> Result<Option<bool>, TeiError> {
+        match self.truncation_direction.as_deref() {
+            None | Some("right" | "Right") => Ok(self.truncate),
+            Some(other) => Err(TeiError::validation(format!(
+                "truncation_direction '{other}' is not supported: only right"
+            ))),
+        }
     }
 }
 

@@ -20,10 +20,8 @@ use crate::state::AppState;
 struct RerankRequest {
     query: String,
     texts: Vec<String>,
-    #[serde(default)]
-    truncate: Option<bool>,
-    #[serde(default)]
-    truncation_direction: Option<String>,
+    #[serde(flatten)]
+    truncation: super::Truncation,
     #[serde(default)]
     raw_scores: bool,
     #[serde(default)]
@@ -81,13 +79,13 @@ pub(super) async fn rerank<P: TeiModel>(
     request: Request,
 ) -> Result<Json<Vec<Rank>>, TeiError> {
     let request: RerankRequest = parse(request).await?;
-    super::check_truncation_direction(request.truncation_direction.as_deref())?;
+    let truncate = request.truncation.truncate()?;
     let (_, scored, _) = score_all(
         &state,
         query.model_name.as_deref(),
         &request.query,
         &request.texts,
-        request.truncate,
+        truncate,
         "texts",
     )
     .await?;
