@@ -761,3 +761,48 @@ async fn huggingface_hub_and_cohere_clients_work_unchanged() {
             .is_some_and(|id| id.len() == 36)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_queue_cannot_hold_whole_gets_429_overloaded_and_nothing_is_queued() {
+    let models = family_folder("minilm-cls-prompts");
+    let yaml = format!(
+        "app_settings:
+  app_prefix: small
+  batch_config: {{max_batch_size: 4, wait_ms: 0}}
+  server_config: {{max_queue_depth: 4}}
+model_settings:
+  local_model_repository_folder: '{}'
+  common: {{device: cpu}}
+  model_entries:
+    embedder: {{path: minilm-cls-prompts}}
+",
+        models.parent().unwrap().display()
+    );
+    let server = TestServer::builder(settings_from_yaml(&yaml))
+        .pipeline::<Bert>()
+        .routes(modalkit::tei::routes::<Bert>())
+        .start()
+        .await;
+    let http = client();
+    // Five texts never fit a queue of four: refused as one, TEI's way.
+    let (status, body) = post_json(
+        &http,
+        &server.url("/embed"),
+        &json!({"inputs": ["a", "b", "c", "d", "e"]}),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error_type"], "Overloaded", "{body}");
+    let ready = get_json(&http, &server.url("/ready")).await;
+    assert_eq!(
+        ready["models"]["embedder"]["queue_depth"], 0,
+        "none queued: {ready}"
+    );
+    let (status, body) = post_json(
+        &http,
+        &server.url("/embed"),
+        &json!({"inputs": ["a", "b", "c", "d"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "four fit: {body}");
+}
