@@ -154,6 +154,8 @@ pub struct LoadOptions {
 /// The pipeline.
 pub struct Bert {
     model_id: String,
+    /// What it serves, as TEI's routes ask (derived from `folder` at load).
+    kind: ModelKind,
     folder: ModelFolder,
     tokenizer: TextTokenizer,
     encoder: Encoder,
@@ -218,6 +220,7 @@ impl Bert {
             .unwrap_or_default();
         Ok(Bert {
             model_id,
+            kind: model_kind(&model),
             folder: model,
             tokenizer,
             encoder,
@@ -468,25 +471,29 @@ impl InferencePipeline for Bert {
     }
 }
 
+/// What `folder` serves, in TEI's terms.
+fn model_kind(folder: &ModelFolder) -> ModelKind {
+    match &folder.task {
+        Task::Embed(settings) => ModelKind::Embedding {
+            pooling: settings.pooling.name().to_owned(),
+        },
+        Task::Rerank => ModelKind::Reranker {
+            label: folder
+                .config
+                .id2label
+                .get("0")
+                .cloned()
+                .unwrap_or_else(|| "LABEL_0".to_owned()),
+        },
+        Task::Classify { labels } => ModelKind::Classifier {
+            labels: labels.clone(),
+        },
+    }
+}
+
 impl TeiModel for Bert {
-    fn kind(&self) -> ModelKind {
-        match &self.folder.task {
-            Task::Embed(settings) => ModelKind::Embedding {
-                pooling: settings.pooling.name().to_owned(),
-            },
-            Task::Rerank => ModelKind::Reranker {
-                label: self
-                    .folder
-                    .config
-                    .id2label
-                    .get("0")
-                    .cloned()
-                    .unwrap_or_else(|| "LABEL_0".to_owned()),
-            },
-            Task::Classify { labels } => ModelKind::Classifier {
-                labels: labels.clone(),
-            },
-        }
+    fn kind(&self) -> &ModelKind {
+        &self.kind
     }
 
     fn max_input_length(&self) -> usize {

@@ -11,9 +11,8 @@ use axum::extract::{Query, Request, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::embed::parse;
 use super::rerank::sigmoid;
-use super::{ModelKind, ModelQuery, TeiError, TeiModel, Wanted};
+use super::{ModelKind, ModelQuery, TeiError, TeiModel, Wanted, parse};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -70,8 +69,8 @@ pub(super) async fn predict<P: TeiModel>(
 ) -> Result<Json<Value>, TeiError> {
     let (_, batcher) = super::pick(&state, query.model_name.as_deref(), Wanted::Classifier)?;
     let labels = match batcher.pipeline().kind() {
-        ModelKind::Classifier { labels } => labels,
-        ModelKind::Reranker { label } => vec![label],
+        ModelKind::Classifier { labels } => labels.as_slice(),
+        ModelKind::Reranker { label } => std::slice::from_ref(label),
         ModelKind::Embedding { .. } => {
             return Err(TeiError::backend("Model is not a classifier model"));
         }
@@ -104,7 +103,7 @@ pub(super) async fn predict<P: TeiModel>(
                 labels.len()
             )));
         }
-        answers.push(scores(logits, &labels, request.raw_scores));
+        answers.push(scores(logits, labels, request.raw_scores));
     }
     let body = if batch {
         serde_json::to_value(answers)

@@ -10,8 +10,7 @@ use axum::extract::{Query, Request, State};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::embed::{Inputs, parse};
-use super::{ModelKind, ModelQuery, TeiError, TeiModel, Token, Wanted};
+use super::{Inputs, ModelKind, ModelQuery, TeiError, TeiModel, Token, Wanted, parse};
 use crate::state::AppState;
 
 pub(super) async fn info<P: TeiModel>(
@@ -35,8 +34,8 @@ pub(super) async fn info<P: TeiModel>(
     };
     let model_type = match pipeline.kind() {
         ModelKind::Embedding { pooling } => json!({"embedding": {"pooling": pooling}}),
-        ModelKind::Reranker { label } => json!({"reranker": labels(&[label])}),
-        ModelKind::Classifier { labels: names } => json!({"classifier": labels(&names)}),
+        ModelKind::Reranker { label } => json!({"reranker": labels(std::slice::from_ref(label))}),
+        ModelKind::Classifier { labels: names } => json!({"classifier": labels(names)}),
     };
     let config = batcher.config();
     let max_input_length = pipeline.max_input_length();

@@ -5,35 +5,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequest, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use serde::Deserialize;
 
-use super::{ModelQuery, TeiError, TeiModel, TextOptions, Wanted};
-use crate::extract::JsonBody;
+use super::{Inputs, ModelQuery, TeiError, TeiModel, TextOptions, Wanted, parse};
 use crate::state::AppState;
-
-/// A string or a list of strings (TEI also takes token ids; this server
-/// does not).
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(super) enum Inputs {
-    One(String),
-    Many(Vec<String>),
-    Other(serde::de::IgnoredAny),
-}
-
-impl Inputs {
-    /// The texts, or why the field is not a string or a list of strings.
-    pub(super) fn texts(self) -> Result<Vec<String>, TeiError> {
-        match self {
-            Inputs::One(text) => Ok(vec![text]),
-            Inputs::Many(texts) => Ok(texts),
-            Inputs::Other(_) => Err(TeiError::validation(
-                "`inputs` must be a string or a list of strings (token ids are not supported)",
-            )),
-        }
-    }
-}
 
 #[derive(Deserialize)]
 struct EmbedRequest {
@@ -50,13 +26,6 @@ struct EmbedRequest {
 
 fn yes() -> bool {
     true
-}
-
-/// Parses a TEI request body.
-pub(super) async fn parse<T: serde::de::DeserializeOwned>(request: Request) -> Result<T, TeiError> {
-    let body = JsonBody::from_request(request, &()).await?;
-    serde_json::from_slice(&body.0)
-        .map_err(|err| TeiError::validation(format!("invalid request body: {err}")))
 }
 
 pub(super) async fn embed<P: TeiModel>(

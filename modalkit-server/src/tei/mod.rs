@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use modalkit_core::{Batcher, InferencePipeline, SubmitOptions};
 use serde::Deserialize;
@@ -37,7 +39,7 @@ use serde::Deserialize;
 pub(crate) use error::TeiError;
 
 use crate::error::ApiError;
-use crate::extract::validate;
+use crate::extract::{JsonBody, validate};
 use crate::server::ServerOptions;
 use crate::state::AppState;
 
@@ -103,8 +105,9 @@ pub struct Token {
 /// A pipeline TEI's routes can serve: it says what it is and how to make
 /// an input from a text or a pair, and reads vectors and logits back.
 pub trait TeiModel: InferencePipeline {
-    /// What this model does (asked of the loaded pipeline).
-    fn kind(&self) -> ModelKind;
+    /// What this model does (asked of the loaded pipeline on every TEI
+    /// request: keep it at hand, not computed).
+    fn kind(&self) -> &ModelKind;
 
     /// The longest input in tokens.
     fn max_input_length(&self) -> usize;
@@ -226,7 +229,7 @@ fn pick<'a, P: TeiModel>(
             ))
         })?;
         let kind = batcher.pipeline().kind();
-        if !wanted.accepts(&kind) {
+        if !wanted.accepts(kind) {
             return Err(TeiError::backend(format!(
                 "model '{name}' is not {} (it is a {} model)",
                 wanted.noun(),
@@ -239,7 +242,7 @@ fn pick<'a, P: TeiModel>(
         .model_names
         .iter()
         .filter_map(|name| state.batcher(name))
-        .filter_map(|batcher| Some((wanted.fit(&batcher.pipeline().kind())?, batcher)))
+        .filter_map(|batcher| Some((wanted.fit(batcher.pipeline().kind())?, batcher)))
         .min_by_key(|(fit, _)| *fit)
         .map(|(_, batcher)| (batcher.model(), batcher))
         .ok_or_else(|| {
@@ -306,6 +309,36 @@ fn check_count<P: InferencePipeline>(
     Ok(())
 }
 
+/// A string or a list of strings (TEI also takes token ids; this server
+/// does not).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Inputs {
+    One(String),
+    Many(Vec<String>),
+    Other(serde::de::IgnoredAny),
+}
+
+impl Inputs {
+    /// The texts, or why the field is not a string or a list of strings.
+    fn texts(self) -> Result<Vec<String>, TeiError> {
+        match self {
+            Inputs::One(text) => Ok(vec![text]),
+            Inputs::Many(texts) => Ok(texts),
+            Inputs::Other(_) => Err(TeiError::validation(
+                "`inputs` must be a string or a list of strings (token ids are not supported)",
+            )),
+        }
+    }
+}
+
+/// Parses a TEI request body.
+async fn parse<T: serde::de::DeserializeOwned>(request: Request) -> Result<T, TeiError> {
+    let body = JsonBody::from_request(request, &()).await?;
+    serde_json::from_slice(&body.0)
+        .map_err(|err| TeiError::validation(format!("invalid request body: {err}")))
+}
+
 /// The truncation fields every TEI request carries.
 #[derive(Deserialize, Default)]
 struct Truncation {
@@ -330,13 +363,12 @@ impl Truncation {
 
 /// `POST /`: what TEI's compat route does for the default model's kind.
 async fn compat<P: TeiModel>(
-    state: axum::extract::State<Arc<AppState<P>>>,
-    query: axum::extract::Query<ModelQuery>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
+    state: State<Arc<AppState<P>>>,
+    query: Query<ModelQuery>,
+    request: Request,
+) -> Response {
     let kind = match pick(&state, query.model_name.as_deref(), Wanted::Any) {
-        Ok((_, batcher)) => batcher.pipeline().kind(),
+        Ok((_, batcher)) => batcher.pipeline().kind().clone(),
         Err(err) => return err.into_response(),
     };
     match kind {

@@ -12,8 +12,7 @@ use axum::extract::{Query, Request, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::embed::parse;
-use super::{ModelQuery, TeiError, TeiModel, Wanted};
+use super::{ModelQuery, TeiError, TeiModel, Wanted, parse};
 use crate::state::AppState;
 
 #[derive(Deserialize)]

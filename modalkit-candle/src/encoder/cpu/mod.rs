@@ -20,7 +20,7 @@ use precision::Precision;
 use rayon::prelude::*;
 
 use super::bert::BertConfig;
-use super::input::{Pooling, Tokens, normalize};
+use super::input::{Pooling, Tokens};
 use super::weights::Weights;
 use words::WordTable;
 
@@ -175,15 +175,6 @@ impl CpuEncoder {
             return level.name();
         }
         level.min(isa::Isa::Avx512).name()
-    }
-
-    /// Mean-pooled, L2-normalized embeddings of token-id sequences, in order
-    /// (all-MiniLM-L6-v2's sentence vectors).
-    pub fn embed(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
-        let inputs: Vec<Tokens> = sequences.iter().map(|ids| Tokens::single(ids)).collect();
-        let mut vectors = self.encode(&inputs, Pooling::Mean)?;
-        vectors.iter_mut().for_each(|v| normalize(v));
-        Ok(vectors)
     }
 
     /// One pooled vector per input, in order, not normalized.
