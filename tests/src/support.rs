@@ -325,6 +325,20 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
         .expect("JSON body")
 }
 
+/// Polls `/ready` until it answers 200 (warm-up done); false if `limit`
+/// passes first.
+pub async fn wait_until_ready(client: &reqwest::Client, base_url: &str, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let ready = client.get(format!("{base_url}/ready")).send().await;
+        if ready.is_ok_and(|response| response.status() == 200) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Polls `/ready` until it answers 503 (returning its body) or stops
 /// answering (`None`), for at most `limit`.
 pub async fn wait_until_not_ready(

@@ -9,11 +9,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::time::Duration;
 
 use candle_core::Device;
 use modalkit_examples::bert::{Bert, BertInput, Engine, LoadOptions};
 use modalkit_tests::model::family_folder;
-use modalkit_tests::support::{TestServer, client, get_json, post_json, settings_from_yaml};
+use modalkit_tests::support::{
+    TestServer, client, get_json, post_json, settings_from_yaml, wait_until_ready,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -784,6 +787,8 @@ model_settings:
         .start()
         .await;
     let http = client();
+    // The warm-up batch must be out of the queue before counting it.
+    assert!(wait_until_ready(&http, &server.base_url, Duration::from_secs(60)).await);
     // Five texts never fit a queue of four: refused as one, TEI's way.
     let (status, body) = post_json(
         &http,

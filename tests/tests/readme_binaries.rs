@@ -13,7 +13,7 @@ use std::time::Duration;
 use modalkit_tests::model::workspace_root;
 use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
 use modalkit_tests::oracle::oracle;
-use modalkit_tests::support::{ServerProcess, client, post_json};
+use modalkit_tests::support::{ServerProcess, client, post_json, wait_until_ready};
 use serde_json::{Value, json};
 
 /// Builds `bin` of the examples package as the README does and returns
@@ -159,19 +159,7 @@ async fn readme_embeddings_serves_an_embedder_and_a_reranker_from_config_retriev
     let server = ServerProcess::spawn(&binary, &config, &env, scratch.path().join("server.log"));
     let http = client();
     let url = |path: &str| format!("{}{path}", server.base_url);
-    let mut ready = false;
-    for _ in 0..600 {
-        if http
-            .get(url("/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = wait_until_ready(&http, &server.base_url, Duration::from_secs(60)).await;
     assert!(ready, "never ready:\n{}", server.log_text());
     let calls = [
         ("/embed", json!({"inputs": ["hello world", "second"]})),
