@@ -24,6 +24,7 @@ mod connections;
 mod error;
 mod extract;
 mod features;
+pub mod generate;
 mod lifecycle;
 pub mod openai;
 mod openapi;

@@ -70,15 +70,15 @@ pub fn routes<P: EmbeddingModel>() -> Router<Arc<AppState<P>>> {
 
 /// An error in OpenAI's shape.
 pub(crate) struct OpenAiError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    param: Option<&'static str>,
-    code: String,
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    pub(crate) kind: &'static str,
+    pub(crate) param: Option<&'static str>,
+    pub(crate) code: String,
 }
 
 impl OpenAiError {
-    fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(param: &'static str, message: impl Into<String>) -> Self {
         OpenAiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -227,7 +227,7 @@ async fn embeddings<P: EmbeddingModel>(
 
 /// The served model a request names; with one model, any name (clients
 /// must send one) means it.
-fn pick_model<P: InferencePipeline>(
+pub(crate) fn pick_model<P: InferencePipeline>(
     state: &AppState<P>,
     requested: Option<&str>,
 ) -> Result<String, OpenAiError> {
@@ -276,7 +276,9 @@ fn encode_base64(vector: &[f32]) -> String {
     STANDARD.encode(bytes)
 }
 
-async fn models<P: InferencePipeline>(State(state): State<Arc<AppState<P>>>) -> Json<Value> {
+pub(crate) async fn models<P: InferencePipeline>(
+    State(state): State<Arc<AppState<P>>>,
+) -> Json<Value> {
     let data: Vec<Value> = state
         .model_names
         .iter()

@@ -31,7 +31,8 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("modalkit_batch_size".to_owned()), BATCH_BUCKETS));
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("modalkit_batch_size".to_owned()), BATCH_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("modalkit_step_sequences".to_owned()), BATCH_BUCKETS));
         let recorder = match builder {
             Ok(builder) => builder.build_recorder(),
             Err(err) => {
