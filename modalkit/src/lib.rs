@@ -86,6 +86,19 @@ pub mod settings {
 }
 pub use settings::Settings;
 
+/// Generative pipelines: the contract and engine
+/// ([`GenerativePipeline`](generate::GenerativePipeline), [`Engine`](generate::Engine)),
+/// and their streaming and OpenAI routes ([`run`](generate::run)).
+pub mod generate {
+    pub use modalkit_core::generate::{
+        Engine, EngineConfig, FinishReason, Generated, GenerativePipeline, StreamEvent, Token,
+        TokenStream, WholeGeneration,
+    };
+    pub use modalkit_server::generate::{
+        ChatMessage, CompletionRequest, Prompt, TextGenerator, routes, run,
+    };
+}
+
 /// The `device` setting of a model entry, for a pipeline that picks its own
 /// device (with `candle`, [`candle::resolve`] does it for candle).
 pub mod device {
