@@ -9,5 +9,6 @@
 //! - [`noop`]: computes nothing; the HTTP benchmark's subject and a template.
 
 pub mod bert;
+pub mod llama;
 pub mod noop;
 pub mod translate;
