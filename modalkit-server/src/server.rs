@@ -294,11 +294,13 @@ impl<P: InferencePipeline> Server<P> {
         drain(&state, consumer.as_ref(), grace).await;
         tokio::time::sleep_until(unready_since + unready_delay).await;
         let _ = stop_http.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), http)
-            .await
-            .is_err()
-        {
-            tracing::warn!("open connections did not close within 5s of the drain");
+        // Responses still open (a stream being generated) finish within
+        // the grace period counted from the drain's start, and get at least
+        // 5 s past the drain.
+        let http_deadline = (unready_since + grace)
+            .max(tokio::time::Instant::now() + Duration::from_secs(5));
+        if tokio::time::timeout_at(http_deadline, http).await.is_err() {
+            tracing::warn!("open connections did not close within the grace period");
         }
         let tracer = state.tracer.clone();
         let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;

@@ -103,11 +103,15 @@ pub fn routes<G: TextGenerator>() -> Router<Arc<AppState<WholeGeneration<G>>>> {
 }
 
 /// The engine of the model `name` names (the query's `model_name`, or the
-/// OpenAI request's `model`, resolved by the caller).
+/// OpenAI request's `model`, resolved by the caller). None once the server
+/// drains: the streams already running finish, no new one starts.
 fn engine<'a, G: GenerativePipeline>(
     state: &'a AppState<WholeGeneration<G>>,
     model: &str,
 ) -> Result<&'a Engine<G>, ApiError> {
+    if state.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::Unavailable("the server is shutting down".to_owned()));
+    }
     state
         .batcher(model)
         .map(|batcher| batcher.pipeline().engine())
