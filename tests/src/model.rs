@@ -45,3 +45,20 @@ pub fn family_folder(name: &str) -> PathBuf {
     });
     models.join(name)
 }
+
+/// `models/SmolLM2-135M-Instruct`, fetched by `scripts/fetch-llm.sh` (once
+/// per test binary) if missing.
+pub fn smollm2_folder() -> PathBuf {
+    static FETCHED: OnceLock<PathBuf> = OnceLock::new();
+    FETCHED
+        .get_or_init(|| {
+            let root = workspace_root();
+            let status = Command::new(root.join("scripts/fetch-llm.sh"))
+                .current_dir(&root)
+                .status()
+                .expect("scripts/fetch-llm.sh runs");
+            assert!(status.success(), "scripts/fetch-llm.sh failed");
+            root.join("models/SmolLM2-135M-Instruct")
+        })
+        .clone()
+}

@@ -200,3 +200,88 @@ async fn readme_embeddings_serves_an_embedder_and_a_reranker_from_config_retriev
         "{reranked}"
     );
 }
+
+/// The `generate` binary as the README builds it, on `config/generate.yaml`:
+/// OpenAI's chat completions stream, `/predict_stream` streams, and a
+/// SIGTERM mid-stream lets the stream finish before the process exits 0.
+#[tokio::test]
+async fn readme_generate_streams_from_config_generate_yaml_and_drains_on_sigterm() {
+    let model = modalkit_tests::model::smollm2_folder();
+    let binary = build_as_the_readme_does("generate");
+    let config = workspace_root().join("config/generate.yaml");
+    let scratch = tempfile::tempdir().unwrap();
+    let env = [(
+        "MODALKIT_MODEL_SETTINGS__LOCAL_MODEL_REPOSITORY_FOLDER",
+        model.parent().unwrap().display().to_string(),
+    )];
+    let mut server =
+        ServerProcess::spawn(&binary, &config, &env, scratch.path().join("server.log"));
+    let http = client();
+    let url = |path: &str| format!("{}{path}", server.base_url);
+    let ready = wait_until_ready(&http, &server.base_url, Duration::from_secs(60)).await;
+    assert!(ready, "never ready:\n{}", server.log_text());
+
+    // The fixture's first chat case: what transformers generated greedily.
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/smollm2_greedy.json")).unwrap();
+    let case = fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|case| case["kind"] == "chat")
+        .unwrap();
+    let chat = http
+        .post(url("/v1/chat/completions"))
+        .json(&json!({"model": "smollm2", "messages": case["messages"],
+                      "max_tokens": 32, "temperature": 0, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    let body = chat.text().await.unwrap();
+    let chunks: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .collect();
+    assert_eq!(chunks.last(), Some(&"[DONE]"), "{body}");
+    let text: String = chunks[..chunks.len() - 1]
+        .iter()
+        .map(|chunk| serde_json::from_str::<Value>(chunk).unwrap())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, case["generated_text"].as_str().unwrap());
+
+    // A stream in flight when SIGTERM comes still ends with its `end` event.
+    let mut streaming = http
+        .post(url("/predict_stream"))
+        .json(&json!({"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status(), 200);
+    let mut received = String::new();
+    while !received.contains("\n\n") {
+        received.push_str(std::str::from_utf8(&streaming.chunk().await.unwrap().unwrap()).unwrap());
+    }
+    server.signal("TERM");
+    while let Some(chunk) = streaming.chunk().await.unwrap() {
+        received.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let end = received
+        .split("\n\n")
+        .find_map(|event| event.strip_prefix("event: end\ndata: "))
+        .unwrap_or_else(|| panic!("no end event:\n{received}\n{}", server.log_text()));
+    let end: Value = serde_json::from_str(end).unwrap();
+    assert_eq!(end["status"], "success", "{end}");
+    assert_eq!(end["tokens"], 40);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        server.log_text()
+    );
+}

@@ -138,8 +138,10 @@ async fn drain(mut stream: super::TokenStream) -> Result<Vec<u32>, ItemError> {
 
 #[tokio::test]
 async fn sequences_of_different_lengths_share_steps_and_each_ends_on_its_own() {
-    let mut config = EngineConfig::default();
-    config.max_running_sequences = 4;
+    let config = EngineConfig {
+        max_running_sequences: 4,
+        ..EngineConfig::default()
+    };
     let engine = engine(config, 1);
     let lengths = [1u32, 5, 9, 3, 7, 2, 8, 4, 6, 10];
     let streams: Vec<_> = lengths
@@ -164,8 +166,10 @@ async fn sequences_of_different_lengths_share_steps_and_each_ends_on_its_own() {
 
 #[tokio::test]
 async fn the_token_budget_bounds_what_runs_together_and_refuses_what_never_fits() {
-    let mut config = EngineConfig::default();
-    config.max_batch_total_tokens = 20;
+    let config = EngineConfig {
+        max_batch_total_tokens: 20,
+        ..EngineConfig::default()
+    };
     let engine = engine(config, 1);
     // Each needs 10: two run together, never three.
     let streams: Vec<_> = (0..6)
@@ -189,9 +193,11 @@ async fn the_token_budget_bounds_what_runs_together_and_refuses_what_never_fits(
 
 #[tokio::test]
 async fn a_full_queue_refuses_with_overloaded() {
-    let mut config = EngineConfig::default();
-    config.max_running_sequences = 1;
-    config.max_queued_sequences = 1;
+    let config = EngineConfig {
+        max_running_sequences: 1,
+        max_queued_sequences: 1,
+        ..EngineConfig::default()
+    };
     let engine = engine(config, 5);
     let mut running = engine.submit(&count(1, 200), None).unwrap();
     assert!(matches!(running.next().await, Some(StreamEvent::Token(_))));
@@ -204,8 +210,10 @@ async fn a_full_queue_refuses_with_overloaded() {
 
 #[tokio::test]
 async fn a_dropped_stream_stops_its_sequence_and_frees_its_slot() {
-    let mut config = EngineConfig::default();
-    config.max_running_sequences = 1;
+    let config = EngineConfig {
+        max_running_sequences: 1,
+        ..EngineConfig::default()
+    };
     let engine = engine(config, 2);
     let mut long = engine.submit(&count(1, 10_000), None).unwrap();
     assert!(matches!(long.next().await, Some(StreamEvent::Token(_))));
@@ -257,8 +265,10 @@ async fn a_failing_step_fails_its_sequences_and_the_engine_goes_on() {
 
 #[tokio::test]
 async fn a_closed_engine_fails_the_waiting_and_refuses_new_work() {
-    let mut config = EngineConfig::default();
-    config.max_running_sequences = 1;
+    let config = EngineConfig {
+        max_running_sequences: 1,
+        ..EngineConfig::default()
+    };
     let engine = engine(config, 2);
     let mut running = engine.submit(&count(1, 20), None).unwrap();
     assert!(matches!(running.next().await, Some(StreamEvent::Token(_))));
