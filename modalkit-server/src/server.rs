@@ -297,8 +297,8 @@ impl<P: InferencePipeline> Server<P> {
         // Responses still open (a stream being generated) finish within
         // the grace period counted from the drain's start, and get at least
         // 5 s past the drain.
-        let http_deadline = (unready_since + grace)
-            .max(tokio::time::Instant::now() + Duration::from_secs(5));
+        let http_deadline =
+            (unready_since + grace).max(tokio::time::Instant::now() + Duration::from_secs(5));
         if tokio::time::timeout_at(http_deadline, http).await.is_err() {
             tracing::warn!("open connections did not close within the grace period");
         }

@@ -109,8 +109,13 @@ fn engine<'a, G: GenerativePipeline>(
     state: &'a AppState<WholeGeneration<G>>,
     model: &str,
 ) -> Result<&'a Engine<G>, ApiError> {
-    if state.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err(ApiError::Unavailable("the server is shutting down".to_owned()));
+    if state
+        .shutting_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(ApiError::Unavailable(
+            "the server is shutting down".to_owned(),
+        ));
     }
     state
         .batcher(model)
