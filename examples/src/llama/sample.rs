@@ -41,7 +41,8 @@ impl Sampler {
             .collect();
         let total: f32 = weights.iter().map(|w| w.1).sum();
         if self.top_p < 1.0 {
-            weights.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+            // Stable: among equal weights the lower id comes first.
+            weights.sort_by(|a, b| b.1.total_cmp(&a.1));
             let mut mass = 0.0;
             let keep = weights
                 .iter()
