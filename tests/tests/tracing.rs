@@ -473,3 +473,57 @@ async fn a_collector_that_is_down_fails_no_request() {
         server.log_text()
     );
 }
+
+/// A streamed generation (the `generate` example on `config/generate.yaml`):
+/// the request's span has a `sequence` child, ended with the stream, that
+/// records its tokens, how it ended and its time to first token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_generation_exports_a_sequence_span_under_its_request() {
+    let model = modalkit_tests::model::smollm2_folder();
+    let binary = modalkit_tests::support::build_example("generate");
+    let (endpoint, spans) = start_collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = otel_env(&endpoint);
+    env.push((
+        "MODALKIT_MODEL_SETTINGS__LOCAL_MODEL_REPOSITORY_FOLDER",
+        model.parent().unwrap().display().to_string(),
+    ));
+    let config = modalkit_tests::model::workspace_root().join("config/generate.yaml");
+    let server = ServerProcess::spawn(&binary, &config, &env, dir.path().join("s.log"));
+    let http = client();
+    let ready =
+        modalkit_tests::support::wait_until_ready(&http, &server.base_url, Duration::from_secs(60))
+            .await;
+    assert!(ready, "never ready:\n{}", server.log_text());
+
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let reply = http
+        .post(format!("{}/predict_stream", server.base_url))
+        .header("traceparent", format!("00-{trace_id}-{CALLER_SPAN}-01"))
+        .json(&json!({"prompt": "Hello", "max_tokens": 5, "temperature": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let body = reply.text().await.unwrap();
+    assert!(body.contains("event: end"), "{body}");
+
+    let collected = spans_until(&spans, |s| {
+        let trace = of_trace(s, trace_id);
+        !named(&trace, "sequence").is_empty() && !named(&trace, "POST /predict_stream").is_empty()
+    })
+    .await;
+    let trace = of_trace(&collected, trace_id);
+    let request = one(&trace, "POST /predict_stream");
+    assert_eq!(request.parent, CALLER_SPAN);
+    let sequence = one(&trace, "sequence");
+    assert_eq!(sequence.parent, request.span_id, "{trace:#?}");
+    assert_eq!(sequence.attributes["modalkit.model"], "smollm2");
+    assert_eq!(sequence.attributes["modalkit.tokens"], "5");
+    assert_eq!(sequence.attributes["modalkit.end"], "length");
+    let first_us: u64 = sequence.attributes["modalkit.time_to_first_token_us"]
+        .parse()
+        .unwrap();
+    assert!(first_us > 0 && first_us * 1000 < sequence.end - sequence.start);
+    assert!(sequence.start >= request.start);
+}

@@ -135,9 +135,6 @@ struct Pending<G: GenerativePipeline> {
     events: mpsc::UnboundedSender<StreamEvent>,
     submitted: Instant,
     deadline: Instant,
-    /// The sequence's trace span (a child of the submitting request's),
-    /// closed when the sequence ends.
-    span: tracing::Span,
 }
 
 /// A running sequence: its tokens so far and when the last one came.
@@ -147,24 +144,13 @@ struct Running<G: GenerativePipeline> {
     last_token: Instant,
 }
 
-/// How a sequence ended, for its counter and its span.
+/// How a sequence ended: which counter it adds to.
 #[derive(Clone, Copy)]
 enum End {
     Finished,
     Cancelled,
     Deadline,
     Failed,
-}
-
-impl End {
-    fn name(self) -> &'static str {
-        match self {
-            End::Finished => "finished",
-            End::Cancelled => "cancelled",
-            End::Deadline => "deadline",
-            End::Failed => "failed",
-        }
-    }
 }
 
 /// The engine's metrics, labelled by model.
@@ -272,21 +258,12 @@ impl<G: GenerativePipeline> Engine<G> {
                 depth: shared.config.max_queued_sequences,
             });
         }
-        let span = tracing::info_span!(
-            "sequence",
-            model = %shared.model,
-            budget,
-            tokens = tracing::field::Empty,
-            end = tracing::field::Empty,
-            time_to_first_token_ms = tracing::field::Empty,
-        );
         queue.waiting.push_back(Pending {
             sequence,
             budget,
             events,
             submitted: now,
             deadline: deadline.unwrap_or(now + timeout),
-            span,
         });
         shared.metrics.queued.set(queue.waiting.len() as f64);
         drop(queue);
@@ -307,9 +284,8 @@ impl<G: GenerativePipeline> Drop for Engine<G> {
 }
 
 impl<G: GenerativePipeline> Shared<G> {
-    /// Counts a sequence's end and records it, with the tokens it got, on
-    /// its span.
-    fn end(&self, pending: &Pending<G>, generated: usize, how: End) {
+    /// Counts a sequence's end.
+    fn end(&self, how: End) {
         let metrics = &self.metrics;
         match how {
             End::Finished => &metrics.finished,
@@ -318,8 +294,6 @@ impl<G: GenerativePipeline> Shared<G> {
             End::Failed => &metrics.failed,
         }
         .increment(1);
-        pending.span.record("tokens", generated);
-        pending.span.record("end", how.name());
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue<G>> {
@@ -337,7 +311,7 @@ impl<G: GenerativePipeline> Shared<G> {
                     model: self.model.clone(),
                     reason: reason.clone(),
                 }));
-            self.end(&pending, 0, End::Failed);
+            self.end(End::Failed);
         }
         self.metrics.queued.set(0.0);
         drop(queue);
@@ -411,11 +385,11 @@ fn admit<G: GenerativePipeline>(
             break;
         };
         if closed {
-            shared.end(&pending, 0, End::Cancelled);
+            shared.end(End::Cancelled);
             continue;
         }
         if expired {
-            expire(shared, &pending, 0);
+            expire(shared, &pending);
             continue;
         }
         used += pending.budget;
@@ -430,10 +404,10 @@ fn retire_gone<G: GenerativePipeline>(shared: &Shared<G>, running: &mut Vec<Runn
     let now = Instant::now();
     running.retain(|r| {
         if r.pending.events.is_closed() {
-            shared.end(&r.pending, r.generated, End::Cancelled);
+            shared.end(End::Cancelled);
             false
         } else if r.pending.deadline <= now {
-            expire(shared, &r.pending, r.generated);
+            expire(shared, &r.pending);
             false
         } else {
             true
@@ -441,14 +415,14 @@ fn retire_gone<G: GenerativePipeline>(shared: &Shared<G>, running: &mut Vec<Runn
     });
 }
 
-fn expire<G: GenerativePipeline>(shared: &Shared<G>, pending: &Pending<G>, generated: usize) {
+fn expire<G: GenerativePipeline>(shared: &Shared<G>, pending: &Pending<G>) {
     let budget = pending
         .deadline
         .saturating_duration_since(pending.submitted);
     let _ = pending
         .events
         .send(StreamEvent::Failed(ItemError::DeadlineExceeded { budget }));
-    shared.end(pending, generated, End::Deadline);
+    shared.end(End::Deadline);
 }
 
 /// Runs `prefill` or `step` on `batch`, turning a panic or a wrong count
@@ -492,7 +466,7 @@ fn deliver<G: GenerativePipeline>(
                     .pending
                     .events
                     .send(StreamEvent::Failed(ItemError::Pipeline(message.clone())));
-                shared.end(&r.pending, r.generated, End::Failed);
+                shared.end(End::Failed);
             }
             if err.is_fatal() {
                 shared.close(format!("the device failed: {message}"));
@@ -510,9 +484,6 @@ fn deliver<G: GenerativePipeline>(
         if r.generated == 0 {
             let waited = now.duration_since(r.pending.submitted);
             metrics.time_to_first_token.record(waited.as_secs_f64());
-            r.pending
-                .span
-                .record("time_to_first_token_ms", waited.as_secs_f64() * 1e3);
         } else {
             metrics
                 .inter_token
@@ -522,11 +493,11 @@ fn deliver<G: GenerativePipeline>(
         r.generated += 1;
         r.last_token = now;
         if r.pending.events.send(StreamEvent::Token(token)).is_err() {
-            shared.end(&r.pending, r.generated, End::Cancelled);
+            shared.end(End::Cancelled);
             return false;
         }
         if finished {
-            shared.end(&r.pending, r.generated, End::Finished);
+            shared.end(End::Finished);
         }
         !finished
     });

@@ -17,16 +17,18 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use modalkit_core::ItemError;
-use modalkit_core::generate::{FinishReason, StreamEvent, TokenStream, WholeGeneration};
+use modalkit_core::generate::{FinishReason, StreamEvent, WholeGeneration};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::stream::KEEP_ALIVE;
+use super::trace::TracedTokens;
 use super::{ChatMessage, CompletionRequest, Prompt, TextGenerator};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, validate};
 use crate::openai::{OpenAiError, pick_model};
 use crate::state::AppState;
+use crate::traces::{TraceSpan, request_span};
 
 /// A string or an array of them.
 #[derive(Deserialize)]
@@ -115,6 +117,7 @@ pub(super) async fn completions<G: TextGenerator>(
     State(state): State<Arc<AppState<WholeGeneration<G>>>>,
     request: Request,
 ) -> Result<Response, OpenAiError> {
+    let trace = request_span(&request);
     let body: CompletionsBody = parse(request, "prompt").await?;
     let prompt = match body.prompt {
         OneOrMany::One(text) => text,
@@ -126,13 +129,14 @@ pub(super) async fn completions<G: TextGenerator>(
             ));
         }
     };
-    answer::<G>(state, Prompt::Text(prompt), body.common, Shape::Text).await
+    answer::<G>(state, Prompt::Text(prompt), body.common, Shape::Text, trace).await
 }
 
 pub(super) async fn chat<G: TextGenerator>(
     State(state): State<Arc<AppState<WholeGeneration<G>>>>,
     request: Request,
 ) -> Result<Response, OpenAiError> {
+    let trace = request_span(&request);
     let body: ChatBody = parse(request, "messages").await?;
     if body.messages.is_empty() {
         return Err(OpenAiError::invalid(
@@ -182,7 +186,14 @@ pub(super) async fn chat<G: TextGenerator>(
         };
         messages.push(ChatMessage { role, content });
     }
-    answer::<G>(state, Prompt::Chat(messages), body.common, Shape::Chat).await
+    answer::<G>(
+        state,
+        Prompt::Chat(messages),
+        body.common,
+        Shape::Chat,
+        trace,
+    )
+    .await
 }
 
 async fn parse<T: serde::de::DeserializeOwned>(
@@ -265,6 +276,7 @@ async fn answer<G: TextGenerator>(
     prompt: Prompt,
     common: Common,
     shape: Shape,
+    trace: TraceSpan,
 ) -> Result<Response, OpenAiError> {
     let request = checked(prompt, &common)?;
     let model = pick_model(&state, common.model.as_deref())?;
@@ -279,6 +291,7 @@ async fn answer<G: TextGenerator>(
     let tokens = engine
         .submit(&input, deadline)
         .map_err(|error| refused(error, shape))?;
+    let tokens = TracedTokens::new(tokens, &trace, &model);
     let reply = Reply {
         id: format!(
             "{}-{}",
@@ -349,7 +362,7 @@ impl Reply {
 }
 
 /// The whole text as one reply, with the generation's timings as headers.
-async fn whole(reply: Reply, mut tokens: TokenStream) -> Result<Response, OpenAiError> {
+async fn whole(reply: Reply, mut tokens: TracedTokens) -> Result<Response, OpenAiError> {
     let submitted = Instant::now();
     let mut text = String::new();
     let mut count = 0;
@@ -407,13 +420,13 @@ async fn whole(reply: Reply, mut tokens: TokenStream) -> Result<Response, OpenAi
 /// Where a streamed reply is.
 struct Streaming {
     reply: Reply,
-    tokens: TokenStream,
+    tokens: TracedTokens,
     count: usize,
     include_usage: bool,
     done: bool,
 }
 
-fn streamed(reply: Reply, tokens: TokenStream, include_usage: bool) -> Response {
+fn streamed(reply: Reply, tokens: TracedTokens, include_usage: bool) -> Response {
     let state = Streaming {
         reply,
         tokens,

@@ -19,6 +19,7 @@
 
 mod completions;
 mod stream;
+mod trace;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -14,13 +14,15 @@ use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use modalkit_core::generate::{StreamEvent, TokenStream, WholeGeneration};
+use modalkit_core::generate::{StreamEvent, WholeGeneration};
 use serde_json::json;
 
 use super::TextGenerator;
+use super::trace::TracedTokens;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, resolve_model, validate};
 use crate::state::AppState;
+use crate::traces::request_span;
 
 /// How often an idle stream sends a keep-alive comment.
 pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -32,12 +34,13 @@ pub(super) async fn predict_stream<G: TextGenerator>(
 ) -> Result<Response, ApiError> {
     let model = resolve_model(query.as_deref(), &state.model_names)?;
     let engine = super::engine(&state, model)?;
+    let trace = request_span(&request);
     let body = JsonBody::from_request(request, &()).await?;
     let input: G::Input = body.parse()?;
     validate(&input, "")?;
     // A stream's deadline is the engine's `sequence_timeout_seconds`, not
     // the sync timeout: its client sees progress all along.
-    let tokens = engine.submit(&input, None)?;
+    let tokens = TracedTokens::new(engine.submit(&input, None)?, &trace, model);
     Ok(Sse::new(events(tokens))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -45,7 +48,7 @@ pub(super) async fn predict_stream<G: TextGenerator>(
 
 /// Where a stream is: its tokens, its counts, and whether `end` was sent.
 struct Progress {
-    tokens: TokenStream,
+    tokens: TracedTokens,
     submitted: Instant,
     first_token: Option<Instant>,
     generated: usize,
@@ -75,7 +78,7 @@ impl Progress {
     }
 }
 
-fn events(tokens: TokenStream) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+fn events(tokens: TracedTokens) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let progress = Progress {
         tokens,
         submitted: Instant::now(),

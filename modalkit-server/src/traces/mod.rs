@@ -17,6 +17,8 @@
 //! job (consumer, parent: the accepting request, across SQS too)
 //!   ├─ queue_wait, preprocess, predict, postprocess
 //!   └─ delivery      (its `traceparent` goes on the result message / webhook)
+//! POST /predict_stream, /v1/completions, /v1/chat/completions (server)
+//!   └─ sequence      a generation, ended with its stream (generate/trace.rs)
 //! ```
 //!
 //! Stage spans are built after the item is answered, from the batcher's
