@@ -452,3 +452,26 @@ pub async fn scrape(base_url: &str) -> String {
         .await
         .expect("/metrics text")
 }
+
+/// Builds `bin` of the examples package as the README does (`cargo build
+/// -p modalkit-examples --bin BIN`, not with the features the tests unify)
+/// and returns where Cargo put it.
+pub fn build_example(bin: &str) -> PathBuf {
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "-p", "modalkit-examples", "--bin", bin])
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(crate::model::workspace_root())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build -p modalkit-examples --bin {bin} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|message| message["target"]["name"] == bin)
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .expect("cargo names the executable it built")
+}

@@ -6,37 +6,15 @@
 //! real modalkit 0.2.0 sends for the same jobs; nothing may be dead-lettered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use modalkit_tests::model::workspace_root;
 use modalkit_tests::moto::{Moto, collect_messages, unique_queue};
 use modalkit_tests::oracle::oracle;
-use modalkit_tests::support::{ServerProcess, client, post_json, wait_until_ready};
+use modalkit_tests::support::{ServerProcess, build_example, client, post_json, wait_until_ready};
 use serde_json::{Value, json};
-
-/// Builds `bin` of the examples package as the README does and returns
-/// where Cargo put it.
-fn build_as_the_readme_does(bin: &str) -> PathBuf {
-    let output = Command::new(env!("CARGO"))
-        .args(["build", "--locked", "-p", "modalkit-examples", "--bin", bin])
-        .arg("--message-format=json-render-diagnostics")
-        .current_dir(workspace_root())
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo build -p modalkit-examples --bin {bin} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|message| message["target"]["name"] == bin)
-        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .expect("cargo names the executable it built")
-}
 
 /// The binary's own account of the features a config needs and has.
 fn features_report(binary: &Path, config: &Path, env: &[(&str, &str)]) -> Value {
@@ -56,7 +34,7 @@ fn features_report(binary: &Path, config: &Path, env: &[(&str, &str)]) -> Value 
 
 #[tokio::test]
 async fn readme_translate_delivers_to_sqs_as_modalkit_does() {
-    let binary = build_as_the_readme_does("translate");
+    let binary = build_example("translate");
     let config = workspace_root().join("config/modalkit.yaml");
     let report = features_report(
         &binary,
@@ -149,7 +127,7 @@ async fn readme_translate_delivers_to_sqs_as_modalkit_does() {
 #[tokio::test]
 async fn readme_embeddings_serves_an_embedder_and_a_reranker_from_config_retrieval_yaml() {
     let models = modalkit_tests::model::family_folder("minilm-reranker");
-    let binary = build_as_the_readme_does("embeddings");
+    let binary = build_example("embeddings");
     let config = workspace_root().join("config/retrieval.yaml");
     let scratch = tempfile::tempdir().unwrap();
     let env = [(
@@ -207,7 +185,7 @@ async fn readme_embeddings_serves_an_embedder_and_a_reranker_from_config_retriev
 #[tokio::test]
 async fn readme_generate_streams_from_config_generate_yaml_and_drains_on_sigterm() {
     let model = modalkit_tests::model::smollm2_folder();
-    let binary = build_as_the_readme_does("generate");
+    let binary = build_example("generate");
     let config = workspace_root().join("config/generate.yaml");
     let scratch = tempfile::tempdir().unwrap();
     let env = [(
