@@ -492,12 +492,16 @@ fn deliver<G: GenerativePipeline>(
         metrics.tokens.increment(1);
         r.generated += 1;
         r.last_token = now;
-        if r.pending.events.send(StreamEvent::Token(token)).is_err() {
-            shared.end(End::Cancelled);
-            return false;
-        }
+        // Counted before it is sent: whoever reads the last token sees the
+        // sequence counted as finished.
         if finished {
             shared.end(End::Finished);
+        }
+        if r.pending.events.send(StreamEvent::Token(token)).is_err() {
+            if !finished {
+                shared.end(End::Cancelled);
+            }
+            return false;
         }
         !finished
     });
