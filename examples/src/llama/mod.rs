@@ -277,6 +277,10 @@ impl GenerativePipeline for LlamaGenerator {
         sequence.prompt.len() + sequence.max_tokens
     }
 
+    fn prompt_tokens(sequence: &Sequence) -> usize {
+        sequence.prompt.len()
+    }
+
     fn prefill(&self, sequences: &mut [&mut Sequence]) -> Result<Vec<Token>, PipelineError> {
         let inputs: Vec<Vec<u32>> = sequences.iter().map(|s| s.prompt.clone()).collect();
         self.forward_and_pick(sequences, inputs)
@@ -338,9 +342,5 @@ impl TextGenerator for LlamaGenerator {
             stop: request.stop,
             seed: request.seed,
         }
-    }
-
-    fn prompt_tokens(&self, input: &GenerateInput) -> usize {
-        self.prompt_ids(input).map_or(0, |ids| ids.len())
     }
 }

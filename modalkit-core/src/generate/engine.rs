@@ -92,9 +92,16 @@ pub enum StreamEvent {
 #[derive(Debug)]
 pub struct TokenStream {
     events: mpsc::UnboundedReceiver<StreamEvent>,
+    prompt_tokens: usize,
 }
 
 impl TokenStream {
+    /// The tokens of the sequence's prompt
+    /// ([`GenerativePipeline::prompt_tokens`]).
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
     /// The next event; `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<StreamEvent> {
         self.events.recv().await
@@ -236,6 +243,7 @@ impl<G: GenerativePipeline> Engine<G> {
             _ => ItemError::Pipeline(err.to_string()),
         })?;
         let budget = G::budget(&sequence);
+        let prompt_tokens = G::prompt_tokens(&sequence);
         if budget > shared.config.max_batch_total_tokens {
             return Err(ItemError::InvalidInput(format!(
                 "the prompt and max_tokens need {budget} tokens, more than this model's max_batch_total_tokens ({})",
@@ -268,7 +276,10 @@ impl<G: GenerativePipeline> Engine<G> {
         shared.metrics.queued.set(queue.waiting.len() as f64);
         drop(queue);
         shared.wake.notify_one();
-        Ok(TokenStream { events: receiver })
+        Ok(TokenStream {
+            events: receiver,
+            prompt_tokens,
+        })
     }
 
     /// Stops intake: waiting sequences fail, running ones finish.

@@ -89,6 +89,9 @@ pub trait GenerativePipeline: Send + Sync + Sized + 'static {
     /// generate): what it counts against the engine's token budget.
     fn budget(sequence: &Self::Sequence) -> usize;
 
+    /// The tokens of `sequence`'s prompt (what OpenAI's `usage` reports).
+    fn prompt_tokens(sequence: &Self::Sequence) -> usize;
+
     /// Reads the prompts of newly admitted sequences and returns each one's
     /// first generated token, in order.
     fn prefill(&self, sequences: &mut [&mut Self::Sequence]) -> Result<Vec<Token>, PipelineError>;

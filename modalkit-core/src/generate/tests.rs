@@ -90,6 +90,10 @@ impl GenerativePipeline for Counter {
         sequence.prompt + sequence.tokens as usize
     }
 
+    fn prompt_tokens(sequence: &Counting) -> usize {
+        sequence.prompt
+    }
+
     fn prefill(&self, sequences: &mut [&mut Counting]) -> Result<Vec<Token>, PipelineError> {
         self.emit(sequences)
     }
@@ -148,6 +152,7 @@ async fn sequences_of_different_lengths_share_steps_and_each_ends_on_its_own() {
         .iter()
         .map(|&n| engine.submit(&count(3, n), None).unwrap())
         .collect();
+    assert_eq!(streams[0].prompt_tokens(), 3);
     for (stream, n) in streams.into_iter().zip(lengths) {
         assert_eq!(drain(stream).await.unwrap(), (1..=n).collect::<Vec<_>>());
     }

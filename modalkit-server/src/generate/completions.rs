@@ -283,7 +283,6 @@ async fn answer<G: TextGenerator>(
     let engine = super::engine(&state, &model)?;
     let input = G::completion_input(request);
     validate(&input, "")?;
-    let prompt_tokens = engine.pipeline().prompt_tokens(&input);
     // A whole reply has the sync deadline; a stream the engine's
     // `sequence_timeout_seconds` (its client sees progress all along).
     let stream = common.stream.unwrap_or(false);
@@ -291,6 +290,7 @@ async fn answer<G: TextGenerator>(
     let tokens = engine
         .submit(&input, deadline)
         .map_err(|error| refused(error, shape))?;
+    let prompt_tokens = tokens.prompt_tokens();
     let tokens = TracedTokens::new(tokens, &trace, &model);
     let reply = Reply {
         id: format!(

@@ -75,12 +75,6 @@ pub struct CompletionRequest {
 pub trait TextGenerator: GenerativePipeline {
     /// The input for an OpenAI request.
     fn completion_input(request: CompletionRequest) -> Self::Input;
-
-    /// The tokens of `input`'s prompt, for `usage` (0 if unknown).
-    fn prompt_tokens(&self, input: &Self::Input) -> usize {
-        let _ = input;
-        0
-    }
 }
 
 /// Serves generative pipeline `G` with modalkit's routes, `/predict_stream`
