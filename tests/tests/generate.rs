@@ -402,7 +402,7 @@ async fn fifty_concurrent_streams_of_mixed_lengths_all_complete() {
     let url = server.url("/predict_stream");
     let streams = (0..50u64).map(|i| {
         let (http, url) = (http.clone(), url.clone());
-        let max_tokens = 1 + (i * 7) % 40;
+        let max_tokens = 1 + (i * 7) % 24;
         let body = if i % 2 == 0 {
             json!({"prompt": format!("Item {i}: a short story about the number {i}."),
                    "max_tokens": max_tokens, "temperature": 0.8, "seed": i})

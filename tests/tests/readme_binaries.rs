@@ -236,7 +236,7 @@ async fn readme_generate_streams_from_config_generate_yaml_and_drains_on_sigterm
     // A stream in flight when SIGTERM comes still ends with its `end` event.
     let mut streaming = http
         .post(url("/predict_stream"))
-        .json(&json!({"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}))
+        .json(&json!({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0}))
         .send()
         .await
         .unwrap();
@@ -255,7 +255,7 @@ async fn readme_generate_streams_from_config_generate_yaml_and_drains_on_sigterm
         .unwrap_or_else(|| panic!("no end event:\n{received}\n{}", server.log_text()));
     let end: Value = serde_json::from_str(end).unwrap();
     assert_eq!(end["status"], "success", "{end}");
-    assert_eq!(end["tokens"], 40);
+    assert_eq!(end["tokens"], 24);
     assert_eq!(
         server.wait_exit(Duration::from_secs(60)),
         Some(0),
