@@ -3,11 +3,9 @@
 # real servers and processes, SQS/SSM against moto, a generated project built
 # and served, generated inputs, doctests), then schemathesis against the
 # translate example, then the Modal deployment tests. Installs what it
-# needs while the tests compile: moto into .venv-moto, modal into
-# .venv-modal, modalkit 0.2.0 (the differential test's oracle) and the
-# openai, TEI and Cohere clients into .venv-modalkit, schemathesis into
-# .venv-schemathesis, all-MiniLM-L6-v2 and SmolLM2-135M-Instruct into
-# models/. The shared moto
+# needs first: moto into .venv-moto, modal into .venv-modal, modalkit 0.2.0
+# (the differential test's oracle) into .venv-modalkit, schemathesis into
+# .venv-schemathesis. The shared moto
 # server is stopped by PID on exit; fault tests start and stop private ones.
 # One `cargo test --workspace` builds everything the tests start (the test
 # server, the examples' binaries, the `modalkit` command), so nothing is built
@@ -16,25 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Python tools and the models come from registries while cargo
-# compiles the tests (network and disk, not the CPU the compile needs).
-mkdir -p target
-(
-  scripts/moto.sh install
-  scripts/test-modal.sh install
-  scripts/modalkit-oracle.sh install
-  scripts/schemathesis.sh install
-  scripts/fetch-model.sh
-  scripts/fetch-llm.sh
-) >target/test-prepare.log 2>&1 &
-prepare=$!
-cargo test --workspace --locked --no-run "$@"
-if ! wait "$prepare"; then
-  cat target/test-prepare.log >&2
-  echo "installing the tests' tools or fetching their models failed (above)" >&2
-  exit 1
-fi
-
+scripts/moto.sh install
+scripts/test-modal.sh install
+scripts/modalkit-oracle.sh install
+scripts/schemathesis.sh install
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 trap 'scripts/moto.sh stop' EXIT
 scripts/moto.sh start "$port"
