@@ -363,15 +363,10 @@ impl Reply {
 
 /// The whole text as one reply, with the generation's timings as headers.
 async fn whole(reply: Reply, mut tokens: TracedTokens) -> Result<Response, OpenAiError> {
-    let submitted = Instant::now();
     let mut text = String::new();
-    let mut count = 0;
-    let mut first_token = None;
     let finish = loop {
         match tokens.next().await {
             Some(StreamEvent::Token(token)) => {
-                first_token.get_or_insert_with(|| submitted.elapsed());
-                count += 1;
                 text.push_str(&token.text);
                 if let Some(finish) = token.finish {
                     break finish;
@@ -394,6 +389,7 @@ async fn whole(reply: Reply, mut tokens: TracedTokens) -> Result<Response, OpenA
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish.name()})
         }
     };
+    let count = tokens.count();
     let body = json!({
         "id": reply.id, "object": reply.object(false), "created": reply.created,
         "model": reply.model, "choices": [choice], "usage": reply.usage(count),
@@ -401,18 +397,16 @@ async fn whole(reply: Reply, mut tokens: TracedTokens) -> Result<Response, OpenA
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     headers.insert("x-generated-tokens", HeaderValue::from(count));
-    if let Some(first) = first_token {
+    if let Some(first) = tokens.time_to_first_token() {
         let millis = format!("{:.3}", first.as_secs_f64() * 1000.0);
         if let Ok(value) = HeaderValue::from_str(&millis) {
             headers.insert("x-time-to-first-token", value);
         }
-        let rest = submitted.elapsed().saturating_sub(first).as_secs_f64();
-        if count > 1 && rest > 0.0 {
-            let rate = format!("{:.1}", (count - 1) as f64 / rest);
-            if let Ok(value) = HeaderValue::from_str(&rate) {
-                headers.insert("x-tokens-per-second", value);
-            }
-        }
+    }
+    if let Some(rate) = tokens.tokens_per_second()
+        && let Ok(value) = HeaderValue::from_str(&format!("{rate:.1}"))
+    {
+        headers.insert("x-tokens-per-second", value);
     }
     Ok(response)
 }
@@ -421,7 +415,6 @@ async fn whole(reply: Reply, mut tokens: TracedTokens) -> Result<Response, OpenA
 struct Streaming {
     reply: Reply,
     tokens: TracedTokens,
-    count: usize,
     include_usage: bool,
     done: bool,
 }
@@ -430,7 +423,6 @@ fn streamed(reply: Reply, tokens: TracedTokens, include_usage: bool) -> Response
     let state = Streaming {
         reply,
         tokens,
-        count: 0,
         include_usage,
         done: false,
     };
@@ -441,8 +433,7 @@ fn streamed(reply: Reply, tokens: TracedTokens, include_usage: bool) -> Response
         let mut out = Vec::new();
         match s.tokens.next().await {
             Some(StreamEvent::Token(token)) => {
-                let first = s.count == 0;
-                s.count += 1;
+                let first = s.tokens.count() == 1;
                 let text = (!token.text.is_empty() || first).then_some(token.text.as_str());
                 if text.is_some() {
                     out.push(s.reply.chunk(text, None, first).to_string());
@@ -452,7 +443,7 @@ fn streamed(reply: Reply, tokens: TracedTokens, include_usage: bool) -> Response
                     if s.include_usage {
                         let mut usage = s.reply.chunk(None, None, false);
                         usage["choices"] = json!([]);
-                        usage["usage"] = s.reply.usage(s.count);
+                        usage["usage"] = s.reply.usage(s.tokens.count());
                         out.push(usage.to_string());
                     }
                     out.push("[DONE]".to_owned());

@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -46,12 +46,9 @@ pub(super) async fn predict_stream<G: TextGenerator>(
         .into_response())
 }
 
-/// Where a stream is: its tokens, its counts, and whether `end` was sent.
+/// Where a stream is: its tokens, and whether `end` was sent.
 struct Progress {
     tokens: TracedTokens,
-    submitted: Instant,
-    first_token: Option<Instant>,
-    generated: usize,
     ended: bool,
 }
 
@@ -59,20 +56,15 @@ impl Progress {
     /// The `end` event for a sequence that finished (`reason`) or failed.
     fn end(&mut self, reason: Option<&str>, error: Option<String>) -> Event {
         self.ended = true;
-        let first = self.first_token.map(|t| t.duration_since(self.submitted));
-        let rate = self
-            .first_token
-            .map(|t| t.elapsed().as_secs_f64())
-            .filter(|s| *s > 0.0 && self.generated > 1)
-            .map(|s| (self.generated - 1) as f64 / s);
+        let first = self.tokens.time_to_first_token();
         let body = json!({
             "status": if error.is_none() { "success" } else { "error" },
             "error": error,
             "text": "",
             "finish_reason": reason,
-            "tokens": self.generated,
+            "tokens": self.tokens.count(),
             "time_to_first_token_ms": first.map(|d| d.as_secs_f64() * 1000.0),
-            "tokens_per_second": rate,
+            "tokens_per_second": self.tokens.tokens_per_second(),
         });
         Event::default().event("end").data(body.to_string())
     }
@@ -81,9 +73,6 @@ impl Progress {
 fn events(tokens: TracedTokens) -> impl Stream<Item = Result<Event, Infallible>> + Send {
     let progress = Progress {
         tokens,
-        submitted: Instant::now(),
-        first_token: None,
-        generated: 0,
         ended: false,
     };
     stream::unfold(progress, |mut progress| async move {
@@ -92,8 +81,6 @@ fn events(tokens: TracedTokens) -> impl Stream<Item = Result<Event, Infallible>>
         }
         let events = match progress.tokens.next().await {
             Some(StreamEvent::Token(token)) => {
-                progress.first_token.get_or_insert_with(Instant::now);
-                progress.generated += 1;
                 let chunk = chunk(&token.text, token.id);
                 match token.finish {
                     Some(reason) => vec![chunk, progress.end(Some(reason.name()), None)],
